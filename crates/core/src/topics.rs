@@ -1,0 +1,10 @@
+//! Default topic names. Every service takes each name it uses as a flag and env var.
+
+/// Raw positions from the receivers, key = obu_id.
+pub const RAW: &str = "gpscoords";
+/// Validated, enriched positions, key = obu_id.
+pub const POSITIONS: &str = "positions";
+/// Latest valid position per vehicle, compacted, key = obu_id.
+pub const LATEST: &str = "vehicle-latest";
+/// Rejected records with headers saying why.
+pub const DLQ: &str = "gpscoords-dlq";

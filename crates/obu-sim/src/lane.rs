@@ -1,0 +1,484 @@
+//! One WebSocket connection and the vehicles it carries.
+//!
+//! Positions are generated into each vehicle's buffer whether or not the connection is up (an
+//! OBU keeps recording while offline); whatever is unsent goes out as soon as it is. A position
+//! leaves the buffer only when acked, refused for good, or pushed out by a full buffer (counted
+//! as dropped). On reconnect every unacked position is sent again with its original seq.
+//!
+//! Writing runs in a task of its own so that acks keep being read while the receiver applies
+//! back-pressure: a lane that stopped reading could never get the acks that free the receiver.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use fleetstream_core::frames::ServerFrame;
+use fleetstream_core::now_ms;
+
+use crate::config::{Config, Fault, Mode};
+use crate::movement::{Fix, Limits, Vehicle};
+use crate::stats::Stats;
+
+/// A generated position waiting for its ack.
+#[derive(Debug)]
+struct Pending {
+    seq: u64,
+    text: String,
+    legacy: bool,
+    /// When it was last written to the socket; `None` = not sent on this connection.
+    sent_at: Option<Instant>,
+    /// Not before this time (after a retryable refusal).
+    retry_at: Option<Instant>,
+    sends: u32,
+}
+
+struct SimVehicle {
+    obu_id: u64,
+    next_seq: u64,
+    model: Vehicle,
+    pending: VecDeque<Pending>,
+    next_report: Instant,
+    base: (f64, f64),
+}
+
+/// Shared stop signals and budget of a run.
+#[derive(Debug, Clone)]
+pub struct Control {
+    /// Stop generating (duration, count or Ctrl-C reached).
+    pub stop_generating: CancellationToken,
+    /// Stop everything now (drain timeout).
+    pub hard_stop: CancellationToken,
+    /// Positions left to generate, when `--count` is set.
+    pub budget: Option<Arc<AtomicU64>>,
+}
+
+impl Control {
+    fn take_budget(&self, n: u64) -> u64 {
+        let Some(b) = &self.budget else { return n };
+        let mut current = b.load(Ordering::Relaxed);
+        loop {
+            let take = current.min(n);
+            match b.compare_exchange(current, current - take, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => {
+                    if current - take == 0 {
+                        self.stop_generating.cancel();
+                    }
+                    return take;
+                }
+                Err(now) => current = now,
+            }
+        }
+    }
+}
+
+pub struct Lane {
+    id: usize,
+    config: Arc<Config>,
+    stats: Arc<Stats>,
+    control: Control,
+    vehicles: Vec<SimVehicle>,
+    index: HashMap<u64, usize>,
+    rng: StdRng,
+    round_robin: usize,
+    lane_rate: f64,
+    started: Instant,
+    generated: u64,
+    unacked: usize,
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl Lane {
+    pub fn new(id: usize, obu_ids: Vec<u64>, lanes: usize, config: Arc<Config>, stats: Arc<Stats>, control: Control) -> Self {
+        let limits = Limits {
+            max_speed_ms: config.max_speed_kmh / 3.6,
+            max_accel: config.max_accel,
+            max_decel: config.max_decel,
+            noise_m: config.gps_noise_m,
+        };
+        let mut rng = StdRng::seed_from_u64(config.seed.wrapping_add(id as u64 * 7919));
+        let now = Instant::now();
+        let vehicles: Vec<SimVehicle> = obu_ids
+            .iter()
+            .map(|&obu_id| {
+                let mut model = Vehicle::new(config.area, limits, config.seed, obu_id);
+                let base = {
+                    let r = model.rng();
+                    (r.random_range(config.area.min_lat..=config.area.max_lat), r.random_range(config.area.min_lon..=config.area.max_lon))
+                };
+                // Spread first reports over one interval so a fleet does not report in lockstep.
+                let offset = config.interval.mul_f64(rng.random_range(0.0..1.0));
+                SimVehicle { obu_id, next_seq: 1, model, pending: VecDeque::new(), next_report: now + offset, base }
+            })
+            .collect();
+        let index = vehicles.iter().enumerate().map(|(i, v)| (v.obu_id, i)).collect();
+        Lane {
+            id,
+            lane_rate: config.rate / lanes.max(1) as f64,
+            config,
+            stats,
+            control,
+            vehicles,
+            index,
+            rng,
+            round_robin: 0,
+            started: now,
+            generated: 0,
+            unacked: 0,
+        }
+    }
+
+    pub async fn run(mut self) {
+        let mut backoff = self.config.reconnect_initial;
+        let mut next_connect = Instant::now();
+        let mut out: Option<mpsc::UnboundedSender<Message>> = None;
+        let mut reader: Option<futures_util::stream::SplitStream<Ws>> = None;
+        loop {
+            if self.control.hard_stop.is_cancelled() || (self.control.stop_generating.is_cancelled() && self.unacked == 0) {
+                if let Some(tx) = out.take() {
+                    let _ = tx.send(Message::Close(None));
+                }
+                break;
+            }
+            let wake = self.next_wake();
+            let connected = reader.is_some();
+            tokio::select! {
+                () = self.control.hard_stop.cancelled() => continue,
+                () = self.control.stop_generating.cancelled(), if !self.control.stop_generating.is_cancelled() => continue,
+                () = tokio::time::sleep_until(next_connect), if !connected => {
+                    match self.connect().await {
+                        Ok(ws) => {
+                            backoff = self.config.reconnect_initial;
+                            self.stats.connects.inc();
+                            self.stats.connected.inc();
+                            let (sink, stream) = ws.split();
+                            let (tx, rx) = mpsc::unbounded_channel();
+                            tokio::spawn(write_frames(sink, rx));
+                            reader = Some(stream);
+                            out = Some(tx);
+                            self.send_unsent(out.as_ref());
+                        }
+                        Err(error) => {
+                            tracing::debug!(lane = self.id, %error, "connect failed");
+                            next_connect = Instant::now() + jittered(&mut self.rng, backoff);
+                            backoff = (backoff * 2).min(self.config.reconnect_max);
+                        }
+                    }
+                }
+                frame = next_frame(&mut reader), if connected => {
+                    match frame {
+                        Some(text) => self.on_frame(&text),
+                        None => {
+                            // Lost: everything unacked goes out again on the next connection.
+                            reader = None;
+                            out = None;
+                            self.stats.disconnects.inc();
+                            self.stats.connected.dec();
+                            for v in &mut self.vehicles {
+                                for p in &mut v.pending {
+                                    p.sent_at = None;
+                                }
+                            }
+                            next_connect = Instant::now() + jittered(&mut self.rng, backoff);
+                            backoff = (backoff * 2).min(self.config.reconnect_max);
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(wake) => {
+                    self.generate();
+                    self.send_unsent(out.as_ref());
+                }
+            }
+        }
+        if reader.is_some() {
+            self.stats.connected.dec();
+        }
+    }
+
+    async fn connect(&self) -> anyhow::Result<Ws> {
+        let mut request = self.config.url.as_str().into_client_request()?;
+        if let Some(token) = &self.config.token {
+            request.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {token}"))?);
+        }
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(request)).await??;
+        Ok(ws)
+    }
+
+    /// When the lane next has something to do.
+    fn next_wake(&self) -> Instant {
+        let now = Instant::now();
+        let generating = !self.control.stop_generating.is_cancelled();
+        let mut wake = now + Duration::from_millis(500);
+        if generating {
+            match self.config.mode {
+                Mode::Fleet => {
+                    if let Some(t) = self.vehicles.iter().map(|v| v.next_report).min() {
+                        wake = wake.min(t);
+                    }
+                }
+                Mode::Load => wake = wake.min(now + Duration::from_millis(5)),
+            }
+        }
+        for v in &self.vehicles {
+            for p in &v.pending {
+                if let Some(r) = p.retry_at {
+                    wake = wake.min(r);
+                }
+            }
+        }
+        wake
+    }
+
+    /// Generates what is due.
+    fn generate(&mut self) {
+        if self.control.stop_generating.is_cancelled() {
+            return;
+        }
+        let now = Instant::now();
+        match self.config.mode {
+            Mode::Fleet => {
+                for i in 0..self.vehicles.len() {
+                    if self.vehicles[i].next_report > now {
+                        continue;
+                    }
+                    if self.control.take_budget(1) == 0 {
+                        return;
+                    }
+                    let jitter = self.config.jitter.as_secs_f64();
+                    let interval = self.config.interval.as_secs_f64();
+                    let dt = (interval + self.rng.random_range(-jitter..=jitter)).max(0.01);
+                    let v = &mut self.vehicles[i];
+                    let fix = v.model.advance(dt);
+                    v.next_report += Duration::from_secs_f64(dt);
+                    if v.next_report < now {
+                        v.next_report = now + Duration::from_secs_f64(dt);
+                    }
+                    self.emit(i, fix);
+                }
+            }
+            Mode::Load => {
+                let due = if self.lane_rate > 0.0 {
+                    let target = (self.started.elapsed().as_secs_f64() * self.lane_rate) as u64;
+                    target.saturating_sub(self.generated)
+                } else {
+                    u64::MAX
+                };
+                let room = self.config.max_in_flight.saturating_sub(self.unacked) as u64;
+                let n = self.control.take_budget(due.min(room));
+                for _ in 0..n {
+                    let i = self.round_robin % self.vehicles.len().max(1);
+                    self.round_robin += 1;
+                    let v = &self.vehicles[i];
+                    // A slow zig-zag of ~1 m per position: plausible for the processor at any rate.
+                    let step = (v.next_seq % 200).abs_diff(100) as f64 * 0.00001;
+                    let fix = Fix { lat: v.base.0 + step, lon: v.base.1 + step, speed: 30.0, heading: 45.0 };
+                    self.emit(i, fix);
+                }
+            }
+        }
+    }
+
+    /// Turns a fix into a pending position (or a fault), honouring the buffer bound.
+    fn emit(&mut self, i: usize, fix: Fix) {
+        let config = self.config.clone();
+        let ts = now_ms();
+        let roll_fault = config.invalid_ratio > 0.0 && self.rng.random_bool(config.invalid_ratio.clamp(0.0, 1.0));
+        let fault = if roll_fault && !config.invalid_kinds.is_empty() {
+            Some(config.invalid_kinds[self.rng.random_range(0..config.invalid_kinds.len())])
+        } else {
+            None
+        };
+        let legacy = config.legacy_ratio > 0.0 && self.rng.random_bool(config.legacy_ratio.clamp(0.0, 1.0));
+        let duplicate = config.duplicate_ratio > 0.0 && self.rng.random_bool(config.duplicate_ratio.clamp(0.0, 1.0));
+        let v = &mut self.vehicles[i];
+        let obu = v.obu_id;
+        // Structural faults are extra frames the receiver refuses; they use no seq.
+        let structural = match fault {
+            Some(Fault::NonJson) => Some(format!("obu {obu} says hello")),
+            Some(Fault::MissingField) => Some(format!(r#"{{"obu_id":{obu},"seq":0,"ts":{ts},"lon":{}}}"#, fix.lon)),
+            Some(Fault::WrongType) => Some(format!(r#"{{"obu_id":{obu},"seq":0,"ts":{ts},"lat":"{}","lon":{}}}"#, fix.lat, fix.lon)),
+            Some(Fault::Nan) => Some(format!(r#"{{"obu_id":{obu},"seq":0,"ts":{ts},"lat":NaN,"lon":{}}}"#, fix.lon)),
+            _ => None,
+        };
+        if let Some(text) = structural {
+            self.stats.faults.inc();
+            v.pending.push_back(Pending { seq: 0, text, legacy: false, sent_at: None, retry_at: None, sends: 0 });
+            self.unacked += 1;
+            self.stats.unacked.inc();
+            return;
+        }
+        let seq = v.next_seq;
+        v.next_seq += 1;
+        let (mut lat, mut lon, mut ts) = (fix.lat, fix.lon, ts);
+        match fault {
+            Some(Fault::BadCoords) => lat = 91.5,
+            Some(Fault::NullIsland) => (lat, lon) = (0.0, 0.0),
+            Some(Fault::FutureTs) => ts += 3_600_000,
+            Some(Fault::Teleport) => lat = if lat > 0.0 { lat - 0.45 } else { lat + 0.45 },
+            _ => {}
+        }
+        if fault.is_some() {
+            self.stats.faults.inc();
+        }
+        let text = if legacy {
+            format!(r#"{{"obuid":{obu},"lat":{lat},"lon":{lon}}}"#)
+        } else {
+            format!(
+                r#"{{"obu_id":{obu},"seq":{seq},"ts":{ts},"lat":{lat:.7},"lon":{lon:.7},"speed":{:.1},"heading":{:.1}}}"#,
+                fix.speed, fix.heading
+            )
+        };
+        self.stats.generated.inc();
+        if duplicate {
+            self.stats.duplicates_sent.inc();
+            v.pending.push_back(Pending { seq: 0, text: text.clone(), legacy, sent_at: None, retry_at: None, sends: 0 });
+            self.unacked += 1;
+            self.stats.unacked.inc();
+        }
+        v.pending.push_back(Pending { seq, text, legacy, sent_at: None, retry_at: None, sends: 0 });
+        self.unacked += 1;
+        self.stats.unacked.inc();
+        while v.pending.len() > config.buffer.max(1) {
+            if v.pending.pop_front().is_some() {
+                self.stats.dropped.inc();
+                self.unacked -= 1;
+                self.stats.unacked.dec();
+            }
+        }
+    }
+
+    /// Writes every unsent position whose time has come, in seq order per vehicle.
+    fn send_unsent(&mut self, out: Option<&mpsc::UnboundedSender<Message>>) {
+        let Some(out) = out else { return };
+        let now = Instant::now();
+        let batch = self.config.batch.max(1);
+        let mut frame: Vec<&str> = Vec::with_capacity(batch);
+        let flush = |frame: &mut Vec<&str>| {
+            if frame.is_empty() {
+                return;
+            }
+            let text = if frame.len() == 1 { frame[0].to_string() } else { format!("[{}]", frame.join(",")) };
+            let _ = out.send(Message::Text(text.into()));
+            frame.clear();
+        };
+        for v in &mut self.vehicles {
+            for p in &mut v.pending {
+                if p.sent_at.is_some() || p.retry_at.is_some_and(|r| r > now) {
+                    continue;
+                }
+                if p.sends > 0 {
+                    self.stats.resent.inc();
+                }
+                p.sends += 1;
+                p.sent_at = Some(now);
+                p.retry_at = None;
+                self.stats.sent.inc();
+                if p.seq == 0 {
+                    // Faults and duplicate copies travel alone so their refusal is unambiguous.
+                    flush(&mut frame);
+                    frame.push(&p.text);
+                    flush(&mut frame);
+                } else {
+                    frame.push(&p.text);
+                    if frame.len() >= batch {
+                        flush(&mut frame);
+                    }
+                }
+            }
+        }
+        flush(&mut frame);
+        // Fault frames and duplicate copies are fire-and-forget: forget them once sent.
+        for v in &mut self.vehicles {
+            let before = v.pending.len();
+            v.pending.retain(|p| p.seq != 0 || p.sent_at.is_none());
+            let removed = before - v.pending.len();
+            self.unacked -= removed;
+            self.stats.unacked.sub(removed as i64);
+        }
+    }
+
+    fn on_frame(&mut self, text: &str) {
+        let Ok(frame) = serde_json::from_str::<ServerFrame>(text) else {
+            tracing::warn!(lane = self.id, frame = text, "unexpected frame from the receiver");
+            return;
+        };
+        match frame {
+            ServerFrame::Ack { obu_id, seq } => {
+                let Some(&i) = self.index.get(&obu_id) else { return };
+                let v = &mut self.vehicles[i];
+                let pos = v.pending.iter().position(|p| p.seq == seq && p.sent_at.is_some() && !p.legacy).or_else(|| {
+                    // Legacy positions get their seq from the receiver: acks come in order, so
+                    // the oldest legacy position in flight is the one acked.
+                    v.pending.iter().position(|p| p.legacy && p.sent_at.is_some())
+                });
+                match pos.and_then(|pos| v.pending.remove(pos)) {
+                    Some(p) => {
+                        if let Some(sent) = p.sent_at {
+                            self.stats.record_ack_latency(sent.elapsed());
+                        }
+                        self.stats.acked.inc();
+                        self.unacked -= 1;
+                        self.stats.unacked.dec();
+                    }
+                    None => self.stats.duplicate_acks.inc(),
+                }
+            }
+            ServerFrame::Error(e) => {
+                self.stats.refused.with_label_values(&[e.reason.as_str()]).inc();
+                let (Some(obu_id), Some(seq)) = (e.obu_id, e.seq) else { return };
+                let Some(&i) = self.index.get(&obu_id) else { return };
+                let v = &mut self.vehicles[i];
+                let Some(pos) = v.pending.iter().position(|p| p.seq == seq && seq != 0) else { return };
+                if e.retryable {
+                    let wait = Duration::from_millis(250) * v.pending[pos].sends.min(20);
+                    v.pending[pos].sent_at = None;
+                    v.pending[pos].retry_at = Some(Instant::now() + wait);
+                } else if v.pending.remove(pos).is_some() {
+                    self.unacked -= 1;
+                    self.stats.unacked.dec();
+                }
+            }
+        }
+    }
+}
+
+fn jittered(rng: &mut StdRng, d: Duration) -> Duration {
+    d.mul_f64(rng.random_range(0.5..=1.0))
+}
+
+async fn next_frame(reader: &mut Option<futures_util::stream::SplitStream<Ws>>) -> Option<String> {
+    let r = reader.as_mut()?;
+    loop {
+        match r.next().await? {
+            Ok(Message::Text(t)) => return Some(t.to_string()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+async fn write_frames(mut sink: futures_util::stream::SplitSink<Ws, Message>, mut rx: mpsc::UnboundedReceiver<Message>) {
+    while let Some(m) = rx.recv().await {
+        let close = matches!(m, Message::Close(_));
+        if sink.feed(m).await.is_err() {
+            return;
+        }
+        if (rx.is_empty() || close) && sink.flush().await.is_err() {
+            return;
+        }
+        if close {
+            return;
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The processor's configuration: every flag is also an environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fleetstream_core::kafka::{KafkaArgs, ProducerArgs};
+use fleetstream_core::telemetry::LogArgs;
+
+use crate::rules::Rules;
+
+/// fleetstream processor: validates raw positions, routes valid ones to `positions` and
+/// `vehicle-latest` and invalid ones to the DLQ, exactly once per (obu_id, seq).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "processor", version, about)]
+pub struct Config {
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "PROCESSOR_LISTEN", default_value = "0.0.0.0:30001")]
+    pub listen: SocketAddr,
+
+    /// Consumer group; processors with the same group share the input partitions.
+    #[arg(long, env = "PROCESSOR_GROUP_ID", default_value = "fleetstream-processor")]
+    pub group_id: String,
+
+    /// Topic of raw positions to validate.
+    #[arg(long, env = "PROCESSOR_INPUT_TOPIC", default_value = fleetstream_core::topics::RAW)]
+    pub input_topic: String,
+
+    /// Topic valid, enriched positions go to (key = obu_id).
+    #[arg(long, env = "PROCESSOR_POSITIONS_TOPIC", default_value = fleetstream_core::topics::POSITIONS)]
+    pub positions_topic: String,
+
+    /// Compacted topic holding the latest valid position of every vehicle.
+    #[arg(long, env = "PROCESSOR_LATEST_TOPIC", default_value = fleetstream_core::topics::LATEST)]
+    pub latest_topic: String,
+
+    /// Dead-letter topic for invalid records.
+    #[arg(long, env = "PROCESSOR_DLQ_TOPIC", default_value = fleetstream_core::topics::DLQ)]
+    pub dlq_topic: String,
+
+    /// Create missing output topics at start-up (same partition count as the input;
+    /// `vehicle-latest` compacted). Off when topics are managed elsewhere.
+    #[arg(long, env = "PROCESSOR_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub create_topics: bool,
+
+    /// Most records taken from Kafka into one batch (validated, written, then committed).
+    #[arg(long, env = "PROCESSOR_BATCH_SIZE", default_value_t = 5_000)]
+    pub batch_size: usize,
+
+    /// Longest a batch waits to fill before it is processed.
+    #[arg(long, env = "PROCESSOR_BATCH_WAIT", default_value = "20ms", value_parser = humantime::parse_duration)]
+    pub batch_wait: Duration,
+
+    /// First delay before retrying a failed write; doubles per attempt, with jitter.
+    #[arg(long, env = "PROCESSOR_RETRY_INITIAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub retry_initial: Duration,
+
+    /// Longest delay between retries of a failed write. Retries go on until the write succeeds
+    /// or the processor is stopped: a good position is never skipped or dead-lettered.
+    #[arg(long, env = "PROCESSOR_RETRY_MAX", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub retry_max: Duration,
+
+    /// How long to wait on shutdown for the batch in hand to be written and committed.
+    #[arg(long, env = "PROCESSOR_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    #[command(flatten)]
+    pub rules: Rules,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub producer: ProducerArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}

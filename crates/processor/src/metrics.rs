@@ -1,0 +1,62 @@
+//! The processor's metrics. Labels are bounded: reason codes, partitions, stages.
+
+use fleetstream_core::telemetry::{self as t, LATENCY_BUCKETS};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub consumed: IntCounter,
+    pub valid: IntCounter,
+    pub invalid: IntCounterVec,
+    pub duplicates: IntCounter,
+    pub out_of_order: IntCounter,
+    pub replayed: IntCounter,
+    pub dlq: IntCounter,
+    pub latest_writes: IntCounter,
+    pub retries: IntCounterVec,
+    pub batch_seconds: Histogram,
+    pub batch_records: Histogram,
+    pub end_to_end: HistogramVec,
+    pub lag: IntGaugeVec,
+    pub rebalances: IntCounterVec,
+    pub assigned: IntGauge,
+    pub vehicles: IntGauge,
+    pub state_loads: IntCounter,
+    pub state_load_seconds: Histogram,
+    pub commits: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        Metrics {
+            consumed: t::counter(&r, "fleetstream_processor_records_consumed_total", "Records read from the input topic."),
+            valid: t::counter(&r, "fleetstream_processor_positions_valid_total", "Valid positions written to the positions topic."),
+            invalid: t::counter_vec(&r, "fleetstream_processor_positions_invalid_total", "Invalid records sent to the DLQ, by reason code.", &["reason"]),
+            duplicates: t::counter(&r, "fleetstream_processor_duplicates_total", "Positions dropped because their (obu_id, seq) was already processed."),
+            out_of_order: t::counter(&r, "fleetstream_processor_out_of_order_total", "Valid positions that arrived after a higher seq of their vehicle."),
+            replayed: t::counter(&r, "fleetstream_processor_replayed_total", "Records skipped because their output was already written before a crash or retry."),
+            dlq: t::counter(&r, "fleetstream_processor_dlq_records_total", "Records written to the dead-letter topic."),
+            latest_writes: t::counter(&r, "fleetstream_processor_latest_writes_total", "Records written to the vehicle-latest topic."),
+            retries: t::counter_vec(&r, "fleetstream_processor_retries_total", "Retries after a transient failure, by stage.", &["stage"]),
+            batch_seconds: t::histogram(&r, "fleetstream_processor_batch_seconds", "Time to validate, write and commit one batch.", LATENCY_BUCKETS),
+            batch_records: t::histogram(&r, "fleetstream_processor_batch_records", "Records per batch.", &[1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0]),
+            end_to_end: t::histogram_vec(&r, "fleetstream_processor_end_to_end_seconds", "Latency of valid positions up to processing, from the device timestamp or from receipt.", &["from"], LATENCY_BUCKETS),
+            lag: t::gauge_vec(&r, "fleetstream_processor_consumer_lag", "Records in the input partition not yet processed (high watermark minus position).", &["partition"]),
+            rebalances: t::counter_vec(&r, "fleetstream_processor_rebalances_total", "Partition assignments and revocations.", &["kind"]),
+            assigned: t::gauge(&r, "fleetstream_processor_assigned_partitions", "Input partitions assigned to this processor."),
+            vehicles: t::gauge(&r, "fleetstream_processor_vehicles", "Vehicles whose state this processor holds."),
+            state_loads: t::counter(&r, "fleetstream_processor_state_loads_total", "Partition states rebuilt from vehicle-latest and the positions tail."),
+            state_load_seconds: t::histogram(&r, "fleetstream_processor_state_load_seconds", "Time to rebuild one partition's state.", LATENCY_BUCKETS),
+            commits: t::counter(&r, "fleetstream_processor_commits_total", "Offset commits after a batch's outputs were acknowledged."),
+            registry: r,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,272 @@
+//! fleetstream receiver: the WebSocket gateway between vehicles and Kafka.
+//!
+//! Devices connect to `ws://HOST:30000/ws`, authenticate with a token bound to their obu_id(s),
+//! and send positions as JSON text frames. Each position is written to the raw topic (key =
+//! obu_id) by one shared idempotent, acks=all producer, and answered with an ack frame only after
+//! Kafka's delivery report, or with an error frame naming a reason code. Input that cannot be
+//! accepted is kept in the dead-letter topic. See docs/wire-format.md.
+//!
+//! ```text
+//! receiver --kafka-brokers 127.0.0.1:9092 --auth none
+//! ```
+
+mod auth;
+mod config;
+mod connection;
+mod limits;
+mod metrics;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use rdkafka::producer::{FutureProducer, Producer as _};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use fleetstream_core::frames::{ErrorFrame, ServerFrame};
+use fleetstream_core::http::{ops_router, Health};
+use fleetstream_core::reason::{Reason, Rejection};
+
+pub use auth::{Allowed, Tokens};
+pub use config::{AuthMode, Config};
+pub use connection::{close_code, HEADER_FORMAT, HEADER_RECEIVED_AT, HEADER_RECEIVER};
+pub use metrics::Metrics;
+
+/// State shared by every connection of the process.
+pub(crate) struct Shared {
+    config: Config,
+    producer: FutureProducer,
+    metrics: Metrics,
+    global_in_flight: Arc<Semaphore>,
+    connections: Arc<Semaphore>,
+    tokens: Option<Tokens>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    health: Health,
+    instance: String,
+    next_connection: AtomicU64,
+}
+
+/// A bound, not yet serving receiver.
+pub struct Application {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("addr", &self.listener.local_addr().ok()).finish()
+    }
+}
+
+impl Application {
+    /// Loads tokens, creates the producer and binds the listener (port 0 picks a free port).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let tokens = match config.auth {
+            AuthMode::None => {
+                tracing::warn!("device authentication is OFF (--auth none): any client may publish as any vehicle");
+                None
+            }
+            AuthMode::Token => {
+                let mut text = String::new();
+                if let Some(path) = &config.auth_tokens_file {
+                    text = std::fs::read_to_string(path).with_context(|| format!("cannot read token file {}", path.display()))?;
+                }
+                if let Some(inline) = &config.auth_tokens {
+                    text.push('\n');
+                    text.push_str(&inline.replace(';', "\n"));
+                }
+                let tokens = Tokens::parse(&text)?;
+                if tokens.is_empty() {
+                    anyhow::bail!(
+                        "--auth token needs device tokens: set --auth-tokens-file / RECEIVER_AUTH_TOKENS_FILE or \
+                         --auth-tokens / RECEIVER_AUTH_TOKENS (or --auth none for a local demo)"
+                    );
+                }
+                tracing::info!(tokens = tokens.len(), "device tokens loaded");
+                Some(tokens)
+            }
+        };
+        let mut producer_config = config.kafka.producer_config(&config.producer);
+        // Room for every in-flight position plus DLQ records, so the local queue is never the
+        // bound: the in-flight semaphores are.
+        let queue = (config.max_in_flight * 2).max(100_000);
+        producer_config.set("queue.buffering.max.messages", queue.to_string());
+        config.kafka.apply_overrides(&mut producer_config);
+        let producer: FutureProducer = producer_config.create().context("cannot create Kafka producer")?;
+        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+        let instance = config.instance_id.clone().unwrap_or_else(|| format!("receiver-{:08x}", rand_id()));
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            brokers = %config.kafka.brokers,
+            options = ?config.kafka.redacted_options(),
+            topic = %config.topic,
+            instance = %instance,
+            "receiver listening"
+        );
+        let shared = Arc::new(Shared {
+            global_in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            producer,
+            metrics: Metrics::new(),
+            tokens,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            health: Health::new(),
+            instance,
+            next_connection: AtomicU64::new(1),
+            config,
+        });
+        Ok(Application { listener, shared })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The service's metrics (tests and embedding).
+    pub fn metrics(&self) -> Metrics {
+        self.shared.metrics.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: no new connections or frames, every
+    /// in-flight position answered, sockets closed with 1001, all within the shutdown timeout.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let shared = self.shared;
+        let probe = tokio::spawn(probe_kafka(shared.clone()));
+        let router = Router::new()
+            .route("/ws", get(upgrade))
+            .with_state(shared.clone())
+            .merge(ops_router(shared.metrics.registry.clone(), shared.health.clone()));
+        let stopping = shared.clone();
+        axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                stopping.health.set_stopping();
+                stopping.shutdown.cancel();
+            })
+            .await
+            .context("server error")?;
+
+        let timeout = shared.config.shutdown_timeout;
+        shared.tracker.close();
+        if tokio::time::timeout(timeout, shared.tracker.wait()).await.is_err() {
+            tracing::warn!(?timeout, "connections still draining at the shutdown timeout");
+        }
+        probe.abort();
+        let producer = shared.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+        tracing::info!("receiver stopped");
+        Ok(())
+    }
+}
+
+fn rand_id() -> u32 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    nanos ^ std::process::id().rotate_left(16)
+}
+
+#[derive(Debug, Deserialize)]
+struct ConnectQuery {
+    token: Option<String>,
+}
+
+/// `GET /ws`: authenticate, admit, upgrade.
+async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<ConnectQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let allowed = match &shared.tokens {
+        None => Allowed::Any,
+        Some(tokens) => match tokens.authenticate(&headers, query.token.as_deref()) {
+            Ok(allowed) => allowed,
+            Err(failure) => {
+                shared.metrics.auth_failures.with_label_values(&[failure.as_str()]).inc();
+                shared.metrics.connections_refused.with_label_values(&["unauthorized"]).inc();
+                tracing::info!(%peer, reason = failure.as_str(), "connection refused: authentication failed");
+                let body = match failure {
+                    auth::AuthFailure::Missing => "missing device token: send `Authorization: Bearer TOKEN` or ?token=TOKEN\n",
+                    auth::AuthFailure::Invalid => "invalid device token\n",
+                };
+                return (StatusCode::UNAUTHORIZED, [("www-authenticate", "Bearer")], body).into_response();
+            }
+        },
+    };
+    if shared.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "receiver shutting down\n").into_response();
+    }
+    let hard_cap = shared.config.max_frame_bytes.saturating_mul(4).max(1024);
+    let ws = ws.max_message_size(hard_cap).max_frame_size(hard_cap);
+    let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+        shared.metrics.connections_refused.with_label_values(&[Reason::TooManyConnections.as_str()]).inc();
+        let limit = shared.config.max_connections;
+        return ws.on_upgrade(move |socket| refuse_connection(socket, limit));
+    };
+    let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+    let tracker = shared.tracker.clone();
+    ws.on_upgrade(move |socket| {
+        tracker.track_future(async move {
+            tracing::debug!(conn = id, %peer, "connection opened");
+            connection::Connection::new(shared, id, peer, allowed).run(socket).await;
+            drop(permit);
+        })
+    })
+}
+
+/// Over the connection limit: say so in the protocol, then close with 1013 (try again later).
+async fn refuse_connection(mut socket: WebSocket, limit: usize) {
+    let error = ErrorFrame::new(Rejection::new(
+        Reason::TooManyConnections,
+        format!("the receiver is at its limit of {limit} connections; reconnect later"),
+    ));
+    let _ = socket.send(Message::Text(ServerFrame::Error(error).to_json().into())).await;
+    let close = CloseFrame { code: close_code::TRY_AGAIN_LATER, reason: Utf8Bytes::from_static("too many connections") };
+    let _ = socket.send(Message::Close(Some(close))).await;
+}
+
+/// Keeps `/readyz` and `fleetstream_receiver_kafka_up` true to whether Kafka answers.
+async fn probe_kafka(shared: Arc<Shared>) {
+    loop {
+        let s = shared.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            fleetstream_core::kafka::partition_count(s.producer.client(), &s.config.topic, Duration::from_secs(2))
+        })
+        .await;
+        match result {
+            Ok(Ok(Some(_))) => {
+                shared.metrics.kafka_up.set(1);
+                shared.health.set_ready();
+            }
+            Ok(Ok(None)) => {
+                shared.metrics.kafka_up.set(1);
+                shared.health.set_not_ready(format!("topic {} does not exist", shared.config.topic));
+            }
+            Ok(Err(error)) => {
+                shared.metrics.kafka_up.set(0);
+                shared.health.set_not_ready(format!("Kafka unreachable: {error:#}"));
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
