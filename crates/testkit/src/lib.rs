@@ -69,7 +69,8 @@ impl Broker {
     pub fn start_persistent() -> anyhow::Result<Broker> {
         let dir = std::env::temp_dir().join(unique("fleetstream-broker"));
         std::fs::create_dir_all(&dir)?;
-        let storage = format!("sqlite://{}", dir.join("broker.db").display());
+        // nisshi resolves a sqlite path against its working directory (set in `spawn`).
+        let storage = "sqlite://broker.db".to_string();
         Self::launch(free_port(), storage, Some(dir))
     }
 
@@ -86,6 +87,7 @@ impl Broker {
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", &self.storage, "--group-initial-rebalance-delay", "100ms"])
             .env("RUST_LOG", if log { "info" } else { "warn" })
+            .current_dir(self.data_dir.clone().unwrap_or_else(std::env::temp_dir))
             .stdin(Stdio::null())
             .stdout(if log { Stdio::inherit() } else { Stdio::null() })
             .stderr(if log { Stdio::inherit() } else { Stdio::null() })

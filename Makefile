@@ -1,0 +1,47 @@
+# fleetstream: `make demo` runs the whole pipeline locally, `make test` runs every test.
+SHELL := /bin/bash
+CARGO ?= cargo
+export KAFKA_BROKERS ?= 127.0.0.1:9092
+# Local runs need no device tokens; the compose file turns authentication on.
+export RECEIVER_AUTH ?= none
+
+.PHONY: help demo test broker broker-stop receiver producer consumer build clippy fmt
+
+help:
+	@echo "make demo       broker + receiver + processor + simulated fleet, with live counts"
+	@echo "make test       every test (installs the local broker on first use)"
+	@echo "make broker     the local Kafka-API broker in the foreground (127.0.0.1:9092)"
+	@echo "make receiver   the WebSocket receiver (ws://127.0.0.1:30000/ws)"
+	@echo "make producer   the OBU simulator (fleet mode; SIM_* env vars configure it)"
+	@echo "make consumer   the processor (validates, routes, dead-letters)"
+
+demo:
+	scripts/demo
+
+test:
+	scripts/kafka-local install
+	$(CARGO) test --workspace --locked
+
+broker:
+	scripts/kafka-local run
+
+broker-stop:
+	scripts/kafka-local stop
+
+build:
+	$(CARGO) build --workspace --locked
+
+receiver:
+	$(CARGO) run --locked -p fleetstream-receiver --bin receiver
+
+producer:
+	$(CARGO) run --locked -p fleetstream-obu-sim --bin obu-sim
+
+consumer:
+	$(CARGO) run --locked -p fleetstream-processor --bin processor
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets --locked
+
+fmt:
+	$(CARGO) fmt --all

@@ -1,0 +1,176 @@
+use std::time::Duration;
+
+use clap::Parser as _;
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+
+use fleetstream_core::frames::ServerFrame;
+use fleetstream_receiver::{Application, Config, Metrics};
+use fleetstream_testkit::{Broker, Topics};
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A receiver running in this process.
+pub struct TestReceiver {
+    pub port: u16,
+    pub metrics: Metrics,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestReceiver {
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Triggers graceful shutdown and waits for it.
+    pub async fn shutdown(&mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.handle.take() {
+            Some(h) => h.await?,
+            None => Ok(()),
+        }
+    }
+
+    /// A metric's value as text-format line value (sum over label sets matching `labels`).
+    pub fn metric(&self, name: &str, label: Option<(&str, &str)>) -> f64 {
+        let text = fleetstream_core::telemetry::render(&self.metrics.registry);
+        metric_value(&text, name, label)
+    }
+}
+
+pub fn metric_value(text: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{')))
+        .filter(|l| label.map_or(true, |(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+impl Drop for TestReceiver {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn config(broker: &Broker, topics: &Topics, extra: &[&str]) -> Config {
+    let mut args = vec![
+        "receiver".to_string(),
+        "--listen=127.0.0.1:0".into(),
+        format!("--kafka-brokers={}", broker.brokers()),
+        format!("--topic={}", topics.raw),
+        format!("--dlq-topic={}", topics.dlq),
+        "--kafka-linger-ms=1".into(),
+        "--shutdown-timeout=10s".into(),
+    ];
+    if !extra.iter().any(|a| a.starts_with("--auth=")) {
+        args.push("--auth=none".into());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Config::try_parse_from(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub async fn spawn(config: Config) -> TestReceiver {
+    let app = Application::build(config).await.unwrap_or_else(|e| panic!("receiver: {e:#}"));
+    let port = app.port();
+    let metrics = app.metrics();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let r = TestReceiver { port, metrics, stop: Some(stop), handle: Some(handle) };
+    wait_ready(&r).await;
+    r
+}
+
+/// Waits until /readyz says ready (Kafka reachable, topic present).
+pub async fn wait_ready(r: &TestReceiver) {
+    for _ in 0..100 {
+        if http_get(&r.http("/readyz")).await.map(|(s, _)| s == 200).unwrap_or(false) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("receiver never became ready");
+}
+
+/// A minimal HTTP/1.1 GET: (status, body).
+pub async fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+pub async fn connect(url: &str, token: Option<&str>) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let mut request = url.into_client_request()?;
+    if let Some(t) = token {
+        request.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {t}")).unwrap_or_else(|e| panic!("{e}")));
+    }
+    tokio_tungstenite::connect_async(request).await.map(|(ws, _)| ws)
+}
+
+pub async fn send(ws: &mut Ws, text: &str) {
+    ws.send(Message::Text(text.into())).await.unwrap_or_else(|e| panic!("send: {e}"));
+}
+
+/// The next server frame (skipping pings); `None` when the connection closed.
+pub async fn next_frame(ws: &mut Ws, within: Duration) -> Option<ServerFrame> {
+    loop {
+        let m = tokio::time::timeout(within, ws.next()).await.ok()??.ok()?;
+        match m {
+            Message::Text(t) => return Some(serde_json::from_str(t.as_str()).unwrap_or_else(|e| panic!("bad frame {t}: {e}"))),
+            Message::Close(_) => return None,
+            _ => continue,
+        }
+    }
+}
+
+/// Reads frames until the close frame; returns them and the close code.
+pub async fn frames_until_close(ws: &mut Ws, within: Duration) -> (Vec<ServerFrame>, Option<u16>) {
+    let mut frames = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let Ok(next) = tokio::time::timeout_at(deadline, ws.next()).await else { return (frames, None) };
+        match next {
+            Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str(t.as_str()).unwrap_or_else(|e| panic!("bad frame {t}: {e}"))),
+            Some(Ok(Message::Close(c))) => return (frames, c.map(|c| u16::from(c.code))),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return (frames, None),
+        }
+    }
+}
+
+pub fn position(obu: u64, seq: u64) -> String {
+    format!(
+        r#"{{"obu_id":{obu},"seq":{seq},"ts":{},"lat":52.5{:04},"lon":13.4,"speed":30.0,"heading":90.0}}"#,
+        fleetstream_core::now_ms(),
+        seq % 10_000
+    )
+}
+
+pub async fn broker_and_topics() -> (Broker, Topics) {
+    let broker = Broker::start().unwrap_or_else(|e| panic!("{e:#}"));
+    let topics = broker.topics(3).await.unwrap_or_else(|e| panic!("{e:#}"));
+    (broker, topics)
+}

@@ -1,0 +1,102 @@
+//! Authentication and limits: each produces its documented answer.
+
+use std::time::Duration;
+
+use fleetstream_core::frames::ServerFrame;
+use fleetstream_core::reason::Reason;
+use fleetstream_receiver::close_code;
+
+use crate::helpers::*;
+
+fn status_of(e: tokio_tungstenite::tungstenite::Error) -> u16 {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Http(r) => r.status().as_u16(),
+        other => panic!("expected an HTTP refusal, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_required_and_bound_to_their_vehicles() {
+    let (broker, topics) = broker_and_topics().await;
+    let receiver = spawn(config(&broker, &topics, &["--auth=token", "--auth-tokens=secret-a 1;secret-b 2,3"])).await;
+    let missing = connect(&receiver.url(), None).await.err().map(status_of);
+    assert_eq!(missing, Some(401), "no token");
+    let wrong = connect(&receiver.url(), Some("guess")).await.err().map(status_of);
+    assert_eq!(wrong, Some(401), "wrong token");
+    let query = connect(&format!("{}?token=secret-b", receiver.url()), None).await;
+    assert!(query.is_ok(), "token in the query string");
+    assert_eq!(receiver.metric("fleetstream_receiver_auth_failures_total", Some(("reason", "missing"))), 1.0);
+    assert_eq!(receiver.metric("fleetstream_receiver_auth_failures_total", Some(("reason", "invalid"))), 1.0);
+
+    let mut a = connect(&receiver.url(), Some("secret-a")).await.unwrap_or_else(|e| panic!("{e}"));
+    send(&mut a, &position(1, 1)).await;
+    assert_eq!(next_frame(&mut a, Duration::from_secs(10)).await, Some(ServerFrame::Ack { obu_id: 1, seq: 1 }));
+    send(&mut a, &position(2, 1)).await;
+    match next_frame(&mut a, Duration::from_secs(10)).await {
+        Some(ServerFrame::Error(e)) => {
+            assert_eq!((e.reason, e.obu_id, e.seq), (Reason::ObuNotAllowed, Some(2), Some(1)));
+            assert!(e.message.contains("does not allow obu_id 2"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    let stored = broker.read(&topics.raw, 1, Duration::from_millis(500), Duration::from_secs(10)).unwrap_or_default();
+    assert_eq!(stored.len(), 1, "vehicle 2's position never reached gpscoords");
+    assert_eq!(stored[0].json()["obu_id"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frame_size_rate_and_connection_limits() {
+    let (broker, topics) = broker_and_topics().await;
+    let receiver = spawn(config(
+        &broker,
+        &topics,
+        &["--max-frame-bytes=1024", "--rate-limit=5", "--rate-burst=5", "--max-connections=2", "--abuse-limit=3"],
+    ))
+    .await;
+
+    // Oversized frame: a specific error, the connection stays open.
+    let mut ws = connect(&receiver.url(), None).await.unwrap_or_else(|e| panic!("{e}"));
+    let big = format!(r#"{{"obu_id":1,"seq":1,"pad":"{}"}}"#, "x".repeat(2000));
+    send(&mut ws, &big).await;
+    match next_frame(&mut ws, Duration::from_secs(10)).await {
+        Some(ServerFrame::Error(e)) => {
+            assert_eq!(e.reason, Reason::FrameTooLarge);
+            assert!(e.message.contains("limit of 1024 bytes"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Rate limit: a burst of 5 is fine, the rest of an 8-position frame is rate limited.
+    let frame = format!("[{}]", (1..=8).map(|s| position(1, s)).collect::<Vec<_>>().join(","));
+    send(&mut ws, &frame).await;
+    let mut acks = 0;
+    let mut limited = Vec::new();
+    for _ in 0..8 {
+        match next_frame(&mut ws, Duration::from_secs(10)).await {
+            Some(ServerFrame::Ack { .. }) => acks += 1,
+            Some(ServerFrame::Error(e)) => {
+                assert_eq!(e.reason, Reason::RateLimited);
+                assert!(e.retryable);
+                limited.push(e.seq);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((acks, limited), (5, vec![Some(6), Some(7), Some(8)]));
+    assert_eq!(receiver.metric("fleetstream_receiver_positions_refused_total", Some(("reason", "rate_limited"))), 3.0);
+
+    // Connection limit: the third connection is told why and closed with 1013.
+    let _second = connect(&receiver.url(), None).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut third = connect(&receiver.url(), None).await.unwrap_or_else(|e| panic!("{e}"));
+    let (frames, code) = frames_until_close(&mut third, Duration::from_secs(10)).await;
+    assert!(matches!(frames.as_slice(), [ServerFrame::Error(e)] if e.reason == Reason::TooManyConnections), "{frames:?}");
+    assert_eq!(code, Some(close_code::TRY_AGAIN_LATER));
+
+    // Abuse: two violations so far; two more exceed the limit of 3 and close with 1008.
+    for _ in 0..2 {
+        send(&mut ws, &big).await;
+    }
+    let (_, code) = frames_until_close(&mut ws, Duration::from_secs(10)).await;
+    assert_eq!(code, Some(close_code::POLICY_VIOLATION));
+    assert_eq!(receiver.metric("fleetstream_receiver_connections_closed_total", Some(("reason", "abuse"))), 1.0);
+}
