@@ -146,7 +146,7 @@ pub struct Config {
     #[arg(long, env = "SIM_DUPLICATE_RATIO", default_value_t = 0.0)]
     pub duplicate_ratio: f64,
 
-    /// Share of positions sent in the seed's legacy `{"obuid","lat","lon"}` form.
+    /// Share of vehicles speaking the seed's legacy `{"obuid","lat","lon"}` form.
     #[arg(long, env = "SIM_LEGACY_RATIO", default_value_t = 0.0)]
     pub legacy_ratio: f64,
 

@@ -50,6 +50,8 @@ struct SimVehicle {
     pending: VecDeque<Pending>,
     next_report: Instant,
     base: (f64, f64),
+    /// Speaks the seed's legacy form (a vehicle's format never changes).
+    legacy: bool,
 }
 
 /// Shared stop signals and budget of a run.
@@ -119,7 +121,8 @@ impl Lane {
                 };
                 // Spread first reports over one interval so a fleet does not report in lockstep.
                 let offset = config.interval.mul_f64(rng.random_range(0.0..1.0));
-                SimVehicle { obu_id, next_seq: 1, model, pending: VecDeque::new(), next_report: now + offset, base }
+                let legacy = config.legacy_ratio > 0.0 && rng.random_bool(config.legacy_ratio.clamp(0.0, 1.0));
+                SimVehicle { obu_id, next_seq: 1, model, pending: VecDeque::new(), next_report: now + offset, base, legacy }
             })
             .collect();
         let index = vehicles.iter().enumerate().map(|(i, v)| (v.obu_id, i)).collect();
@@ -299,10 +302,9 @@ impl Lane {
         } else {
             None
         };
-        let legacy = config.legacy_ratio > 0.0 && self.rng.random_bool(config.legacy_ratio.clamp(0.0, 1.0));
         let duplicate = config.duplicate_ratio > 0.0 && self.rng.random_bool(config.duplicate_ratio.clamp(0.0, 1.0));
         let v = &mut self.vehicles[i];
-        let obu = v.obu_id;
+        let (obu, legacy) = (v.obu_id, v.legacy);
         // Structural faults are extra frames the receiver refuses; they use no seq.
         let structural = match fault {
             Some(Fault::NonJson) => Some(format!("obu {obu} says hello")),

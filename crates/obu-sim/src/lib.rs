@@ -95,7 +95,9 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send + 'static
     timer.abort();
     if let Some(p) = progress {
         p.abort();
-        eprintln!();
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprintln!();
+        }
     }
     if let Some(s) = metrics_server {
         s.abort();
@@ -104,8 +106,12 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send + 'static
 }
 
 async fn progress_line(stats: Arc<Stats>, stop: CancellationToken) {
+    use std::io::IsTerminal as _;
+    // On a terminal one line rewritten every second; in a log a line every ten seconds.
+    let terminal = std::io::stderr().is_terminal();
+    let (every, end) = if terminal { (1, "\r") } else { (10, "\n") };
     let started = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_secs(every));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -113,10 +119,15 @@ async fn progress_line(stats: Arc<Stats>, stop: CancellationToken) {
         }
         let s = stats.summary(started.elapsed());
         let refused: u64 = s.refused.values().sum();
-        eprint!(
-            "\r{:>6.0}s  generated {}  acked {} ({:.0}/s)  refused {}  resent {}  dropped {}  connections {}   ",
+        let line = format!(
+            "{:>6.0}s  generated {}  acked {} ({:.0}/s)  refused {}  resent {}  dropped {}  connections {}   ",
             s.elapsed_s, s.generated, s.acked, s.acked_per_s, refused, s.resent, s.dropped, stats.connected.get()
         );
+        if terminal {
+            eprint!("{end}{line}");
+        } else {
+            eprint!("{line}{end}");
+        }
         if stop.is_cancelled() {
             return;
         }
