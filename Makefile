@@ -5,11 +5,12 @@ export KAFKA_BROKERS ?= 127.0.0.1:9092
 # Local runs need no device tokens; the compose file turns authentication on.
 export RECEIVER_AUTH ?= none
 
-.PHONY: help demo test broker broker-stop receiver producer consumer build clippy fmt
+.PHONY: help demo test bench broker broker-stop receiver producer consumer build clippy fmt
 
 help:
 	@echo "make demo       broker + receiver + processor + simulated fleet, with live counts"
 	@echo "make test       every test (installs the local broker on first use)"
+	@echo "make bench      the benchmark suite; rewrites docs/benchmarks.md and its plots"
 	@echo "make broker     the local Kafka-API broker in the foreground (127.0.0.1:9092)"
 	@echo "make receiver   the WebSocket receiver (ws://127.0.0.1:30000/ws)"
 	@echo "make producer   the OBU simulator (fleet mode; SIM_* env vars configure it)"
@@ -21,6 +22,9 @@ demo:
 test:
 	scripts/kafka-local install
 	$(CARGO) test --workspace --locked
+
+bench:
+	scripts/bench
 
 broker:
 	scripts/kafka-local run
