@@ -1,0 +1,427 @@
+//! The query API (JSON over HTTP), documented in docs/api.md.
+//!
+//! Parameters are parsed into their types before anything is asked of the database; a bad
+//! one is a `400` naming the parameter and what it must look like. Every error body has the
+//! same shape: `{"error": CODE, "message": TEXT}`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use fleetstream_core::{now_ms, ProcessedPosition};
+
+use crate::store::{db_int, Bbox, Store, StoreError};
+use crate::{Config, Metrics};
+
+/// What every handler needs.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub metrics: Metrics,
+    pub live: tokio::sync::broadcast::Sender<crate::ingest::LiveUpdate>,
+    pub stop: tokio_util::sync::CancellationToken,
+}
+
+/// An API error: the status, a stable code, and a message for a human.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::BAD_REQUEST, code, message: message.into() }
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::NOT_FOUND, code: "not_found", message: message.into() }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(ErrorBody { error: self.code, message: &self.message })).into_response()
+    }
+}
+
+impl AppState {
+    /// A database failure: logged and counted here; the client learns only that it failed.
+    fn db_error(&self, op: &'static str, error: StoreError) -> ApiError {
+        self.metrics.db_errors.with_label_values(&[op]).inc();
+        tracing::warn!(%error, op, "database query failed");
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "database_unavailable",
+            message: "the database did not answer; try again shortly".into(),
+        }
+    }
+}
+
+/// A vehicle's latest position as the API shows it: the stored position, plus how old it is
+/// and whether the vehicle counts as online (absent in the live feed).
+#[derive(Debug, Clone, Serialize)]
+pub struct VehicleView<'a> {
+    #[serde(flatten)]
+    pub position: &'a ProcessedPosition,
+    /// Milliseconds since the position's device time (never negative).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_ms: Option<i64>,
+    /// Heard from within the online timeout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub online: Option<bool>,
+}
+
+impl<'a> VehicleView<'a> {
+    /// With `now` and the online timeout (ms), the age and online status are filled in.
+    pub fn of(position: &'a ProcessedPosition, clock: Option<(i64, i64)>) -> Self {
+        let age_ms = clock.map(|(now, _)| (now - position.ts).max(0));
+        let online = clock.zip(age_ms).map(|((_, timeout), age)| age <= timeout);
+        VehicleView { position, age_ms, online }
+    }
+}
+
+#[derive(Serialize)]
+struct VehicleList<'a> {
+    generated_at: i64,
+    online_timeout_ms: i64,
+    count: usize,
+    vehicles: Vec<VehicleView<'a>>,
+}
+
+#[derive(Serialize)]
+struct Track {
+    obu_id: u64,
+    from: i64,
+    to: i64,
+    count: usize,
+    truncated: bool,
+    points: Vec<TrackPoint>,
+}
+
+#[derive(Serialize)]
+struct TrackPoint {
+    seq: u64,
+    ts: i64,
+    lat: f64,
+    lon: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    speed: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heading: Option<f64>,
+    distance_m: f64,
+    out_of_order: bool,
+}
+
+#[derive(Serialize)]
+struct MapConfig<'a> {
+    tile_url: &'a str,
+    tile_attribution: &'a str,
+    online_timeout_ms: i64,
+    trail_ms: i64,
+    retention_ms: i64,
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+type RawQuery = Result<Query<Vec<(String, String)>>, QueryRejection>;
+
+/// Query parameters, checked against the names a route accepts.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn parse(query: RawQuery, allowed: &[&str]) -> Result<Params, ApiError> {
+        let Query(pairs) = query.map_err(|e| ApiError::bad("invalid_query", format!("the query string cannot be read: {}", e.body_text())))?;
+        for (i, (name, _)) in pairs.iter().enumerate() {
+            if !allowed.contains(&name.as_str()) {
+                let expected = if allowed.is_empty() { "this endpoint takes none".to_string() } else { format!("expected {}", allowed.join(", ")) };
+                return Err(ApiError::bad("unknown_parameter", format!("unknown parameter `{name}`; {expected}")));
+            }
+            if pairs[..i].iter().any(|(n, _)| n == name) {
+                return Err(ApiError::bad("duplicate_parameter", format!("parameter `{name}` is given more than once")));
+            }
+        }
+        Ok(Params(pairs))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// An obu_id from the path.
+pub fn parse_id(raw: &str) -> Result<u64, ApiError> {
+    let invalid = || ApiError::bad("invalid_id", format!("`{raw}` is not an obu_id: expected an integer from 0 to {}", i64::MAX));
+    let id: u64 = raw.parse().map_err(|_| invalid())?;
+    db_int(id).map_err(|_| invalid())?;
+    Ok(id)
+}
+
+/// A point in time: Unix milliseconds, an RFC 3339 UTC time, `now`, or `-DURATION` (before now).
+pub fn parse_time(name: &str, raw: &str, now: i64) -> Result<i64, ApiError> {
+    let invalid = |why: &str| {
+        ApiError::bad(
+            "invalid_time",
+            format!("`{name}` must be Unix milliseconds, an RFC 3339 UTC time like 2026-11-22T09:30:00Z, `now` or `-DURATION` like -15m; got `{raw}`{why}"),
+        )
+    };
+    let raw_trim = raw.trim();
+    if raw_trim.is_empty() {
+        return Err(invalid(""));
+    }
+    if raw_trim == "now" {
+        return Ok(now);
+    }
+    if let Some(ago) = raw_trim.strip_prefix('-') {
+        if ago.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid(" (negative timestamp)"));
+        }
+        let d = humantime::parse_duration(ago).map_err(|e| invalid(&format!(" ({e})")))?;
+        return Ok(now.saturating_sub(ms(d)));
+    }
+    if raw_trim.bytes().all(|b| b.is_ascii_digit()) {
+        return raw_trim.parse::<i64>().map_err(|_| invalid(" (too large)"));
+    }
+    let t = humantime::parse_rfc3339_weak(raw_trim).map_err(|e| invalid(&format!(" ({e})")))?;
+    let since = t.duration_since(std::time::UNIX_EPOCH).map_err(|_| invalid(" (before 1970)"))?;
+    Ok(ms(since))
+}
+
+/// `min_lon,min_lat,max_lon,max_lat` (the GeoJSON and OpenStreetMap order).
+pub fn parse_bbox(raw: &str) -> Result<Bbox, ApiError> {
+    let invalid = |why: String| ApiError::bad("invalid_bbox", format!("`bbox` must be min_lon,min_lat,max_lon,max_lat in degrees; {why}"));
+    let parts: Vec<&str> = raw.split(',').map(str::trim).collect();
+    if parts.len() != 4 {
+        return Err(invalid(format!("got {} values in `{raw}`", parts.len())));
+    }
+    let mut v = [0f64; 4];
+    for (slot, part) in v.iter_mut().zip(&parts) {
+        *slot = part.parse::<f64>().ok().filter(|f| f.is_finite()).ok_or_else(|| invalid(format!("`{part}` is not a number")))?;
+    }
+    let [min_lon, min_lat, max_lon, max_lat] = v;
+    for lon in [min_lon, max_lon] {
+        if !(-180.0..=180.0).contains(&lon) {
+            return Err(invalid(format!("longitude {lon} is outside [-180, 180]")));
+        }
+    }
+    for lat in [min_lat, max_lat] {
+        if !(-90.0..=90.0).contains(&lat) {
+            return Err(invalid(format!("latitude {lat} is outside [-90, 90]")));
+        }
+    }
+    if min_lat > max_lat {
+        return Err(invalid(format!("min_lat {min_lat} is above max_lat {max_lat}")));
+    }
+    // min_lon > max_lon is a box across the antimeridian, not an error.
+    Ok(Bbox { min_lon, min_lat, max_lon, max_lat })
+}
+
+fn parse_bool(name: &str, raw: &str) -> Result<bool, ApiError> {
+    match raw {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(ApiError::bad("invalid_parameter", format!("`{name}` must be true or false, got `{raw}`"))),
+    }
+}
+
+/// `GET /api/vehicles?bbox=&online=`
+pub(crate) async fn vehicles(State(app): State<AppState>, query: RawQuery) -> Result<Response, ApiError> {
+    let params = Params::parse(query, &["bbox", "online"])?;
+    let bbox = params.get("bbox").map(parse_bbox).transpose()?;
+    let online = params.get("online").map(|v| parse_bool("online", v)).transpose()?;
+    let latest = app.store.latest(bbox).await.map_err(|e| app.db_error("latest", e))?;
+    let now = now_ms();
+    let timeout = ms(app.config.online_timeout);
+    let vehicles: Vec<VehicleView<'_>> = latest
+        .iter()
+        .map(|p| VehicleView::of(p, Some((now, timeout))))
+        .filter(|v| online.is_none_or(|want| v.online == Some(want)))
+        .collect();
+    Ok(Json(VehicleList { generated_at: now, online_timeout_ms: timeout, count: vehicles.len(), vehicles }).into_response())
+}
+
+/// `GET /api/vehicles/{id}`
+pub(crate) async fn vehicle(State(app): State<AppState>, path: Result<Path<String>, PathRejection>, query: RawQuery) -> Result<Response, ApiError> {
+    Params::parse(query, &[])?;
+    let id = parse_id(&path_id(path)?)?;
+    let found = app.store.vehicle(id).await.map_err(|e| app.db_error("vehicle", e))?;
+    let p = found.ok_or_else(|| ApiError::not_found(format!("no vehicle with obu_id {id}")))?;
+    let now = now_ms();
+    Ok(Json(VehicleView::of(&p, Some((now, ms(app.config.online_timeout))))).into_response())
+}
+
+/// `GET /api/vehicles/{id}/track?from=&to=&limit=`
+pub(crate) async fn track(State(app): State<AppState>, path: Result<Path<String>, PathRejection>, query: RawQuery) -> Result<Response, ApiError> {
+    let params = Params::parse(query, &["from", "to", "limit"])?;
+    let id = parse_id(&path_id(path)?)?;
+    let now = now_ms();
+    let to = params.get("to").map(|v| parse_time("to", v, now)).transpose()?.unwrap_or(now);
+    let from = params.get("from").map(|v| parse_time("from", v, now)).transpose()?.unwrap_or(to.saturating_sub(3_600_000));
+    if from > to {
+        return Err(ApiError::bad("invalid_range", format!("`from` ({from}) is after `to` ({to})")));
+    }
+    let max_range = ms(app.config.max_track_range);
+    if to - from > max_range {
+        return Err(ApiError::bad(
+            "range_too_large",
+            format!(
+                "the range spans {}; at most {} can be asked at once",
+                humantime::format_duration(Duration::from_millis(u64::try_from(to - from).unwrap_or(u64::MAX))),
+                humantime::format_duration(app.config.max_track_range)
+            ),
+        ));
+    }
+    let max_points = app.config.max_track_points;
+    let limit = match params.get("limit") {
+        None => max_points,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max_points).contains(n))
+            .ok_or_else(|| ApiError::bad("invalid_limit", format!("`limit` must be an integer from 1 to {max_points}, got `{raw}`")))?,
+    };
+    if app.store.vehicle(id).await.map_err(|e| app.db_error("vehicle", e))?.is_none() {
+        return Err(ApiError::not_found(format!("no vehicle with obu_id {id}")));
+    }
+    // One more than asked tells whether there is more.
+    let mut rows = app.store.track(id, from, to, limit + 1).await.map_err(|e| app.db_error("track", e))?;
+    let truncated = rows.len() > limit;
+    rows.truncate(limit);
+    let points: Vec<TrackPoint> = rows
+        .into_iter()
+        .map(|p| TrackPoint {
+            seq: p.seq,
+            ts: p.ts,
+            lat: p.lat,
+            lon: p.lon,
+            speed: p.speed,
+            heading: p.heading,
+            distance_m: p.distance_m,
+            out_of_order: p.out_of_order,
+        })
+        .collect();
+    Ok(Json(Track { obu_id: id, from, to, count: points.len(), truncated, points }).into_response())
+}
+
+/// `GET /api/config`: what the map page needs to know.
+pub(crate) async fn map_config(State(app): State<AppState>) -> Response {
+    let c = &app.config;
+    Json(MapConfig {
+        tile_url: &c.tile_url,
+        tile_attribution: &c.tile_attribution,
+        online_timeout_ms: ms(c.online_timeout),
+        trail_ms: ms(c.trail),
+        retention_ms: ms(c.retention),
+    })
+    .into_response()
+}
+
+fn path_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(id)| id).map_err(|e| ApiError::bad("invalid_id", format!("the vehicle id cannot be read: {}", e.body_text())))
+}
+
+/// Unknown routes: a JSON 404 like every other API error.
+pub(crate) async fn fallback(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no such endpoint: {method} {}", uri.path()))
+}
+
+/// Counts every request by route template (never the raw path: ids would make the label set
+/// unbounded) and status.
+pub(crate) async fn count_requests(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let route = route.as_deref().unwrap_or("unmatched");
+    metrics.api_requests.with_label_values(&[route, response.status().as_str()]).inc();
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_763_800_000_000;
+
+    #[test]
+    fn ids_are_integers_that_fit_the_database() {
+        assert_eq!(parse_id("17"), Ok(17));
+        for bad in ["abc", "-1", "1.5", "", "9223372036854775808", "18446744073709551616"] {
+            let e = parse_id(bad).err().unwrap_or_else(|| panic!("{bad} accepted"));
+            assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "invalid_id"), "{bad}");
+            assert!(e.message.contains(&format!("`{bad}` is not an obu_id")), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn times_come_in_four_forms() {
+        assert_eq!(parse_time("from", "1763799000000", NOW), Ok(1_763_799_000_000));
+        assert_eq!(parse_time("from", "now", NOW), Ok(NOW));
+        assert_eq!(parse_time("from", "-15m", NOW), Ok(NOW - 900_000));
+        assert_eq!(parse_time("from", "2025-11-22T08:26:40Z", NOW), Ok(NOW));
+        for bad in ["yesterday", "", "-5", "2025-13-01T00:00:00Z", "99999999999999999999", "-fortnight"] {
+            let e = parse_time("from", bad, NOW).err().unwrap_or_else(|| panic!("{bad} accepted"));
+            assert_eq!(e.code, "invalid_time", "{bad}");
+            assert!(e.message.starts_with("`from` must be Unix milliseconds"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn bboxes_are_checked() {
+        assert_eq!(parse_bbox("13.0,52.3,13.8,52.7"), Ok(Bbox { min_lon: 13.0, min_lat: 52.3, max_lon: 13.8, max_lat: 52.7 }));
+        assert!(parse_bbox("170,-10,-170,10").is_ok(), "across the antimeridian");
+        for (bad, why) in [
+            ("1,2,3", "got 3 values"),
+            ("a,2,3,4", "`a` is not a number"),
+            ("1,2,3,NaN", "`NaN` is not a number"),
+            ("-181,0,0,1", "longitude -181 is outside"),
+            ("0,-91,1,1", "latitude -91 is outside"),
+            ("0,10,1,5", "min_lat 10 is above max_lat 5"),
+        ] {
+            let e = parse_bbox(bad).err().unwrap_or_else(|| panic!("{bad} accepted"));
+            assert_eq!(e.code, "invalid_bbox");
+            assert!(e.message.contains(why), "{bad}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn views_carry_age_and_online_status() {
+        let p = ProcessedPosition {
+            obu_id: 1,
+            seq: 2,
+            ts: NOW - 5_000,
+            lat: 52.5,
+            lon: 13.4,
+            speed: Some(30.0),
+            heading: None,
+            speed_computed: false,
+            heading_computed: false,
+            distance_m: 0.0,
+            received_at: None,
+            processed_at: NOW,
+            out_of_order: false,
+        };
+        let v = serde_json::to_value(VehicleView::of(&p, Some((NOW, 60_000)))).unwrap_or_default();
+        assert_eq!((v["age_ms"].as_i64(), v["online"].as_bool(), v["speed"].as_f64()), (Some(5_000), Some(true), Some(30.0)));
+        assert!(v.get("heading").is_none());
+        let v = serde_json::to_value(VehicleView::of(&p, Some((NOW, 1_000)))).unwrap_or_default();
+        assert_eq!(v["online"].as_bool(), Some(false));
+        let v = serde_json::to_value(VehicleView::of(&p, None)).unwrap_or_default();
+        assert!(v.get("age_ms").is_none() && v.get("online").is_none());
+    }
+}

@@ -1,0 +1,372 @@
+//! From Kafka into the database: the start-up seed from `vehicle-latest`, then the
+//! consume -> batch -> write -> commit loop over `positions`.
+//!
+//! Offsets are committed only after the batch's transaction committed, so a crash re-reads at
+//! most the batches that were not yet durable; writing them again is a no-op (the history is
+//! keyed by `(obu_id, seq)` and the latest position only moves to a higher seq). A rebalance
+//! needs no special care for the same reason: committing an offset for a partition that has
+//! just moved is harmless, because everything before it is stored.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng as _;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use fleetstream_core::http::Health;
+use fleetstream_core::{ProcessedPosition, VehicleLatest};
+
+use crate::api::VehicleView;
+use crate::metrics::Metrics;
+use crate::store::{db_int, Store};
+use crate::Config;
+
+/// Logs partition movements of the positions consumer.
+pub(crate) struct Context;
+
+impl ClientContext for Context {}
+
+impl ConsumerContext for Context {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(?partitions, "positions partitions assigned");
+            }
+            Rebalance::Revoke(tpl) => {
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(?partitions, "positions partitions revoked");
+            }
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
+        }
+    }
+}
+
+pub(crate) type PositionsConsumer = StreamConsumer<Context>;
+
+/// A live-feed message: one position, already serialized (once for every client).
+pub(crate) type LiveUpdate = Arc<str>;
+
+/// Positions taken from Kafka and not yet stored, with the offsets to commit once they are.
+#[derive(Default)]
+struct Batch {
+    positions: Vec<ProcessedPosition>,
+    /// Next offset to consume, per partition, covering every record taken (stored or skipped).
+    offsets: BTreeMap<i32, i64>,
+    started: Option<tokio::time::Instant>,
+}
+
+pub(crate) struct Ingest {
+    pub config: Arc<Config>,
+    pub consumer: Arc<PositionsConsumer>,
+    pub store: Store,
+    pub metrics: Metrics,
+    pub health: Health,
+    pub live: broadcast::Sender<LiveUpdate>,
+    /// Stop consuming; write and commit what is in hand.
+    pub shutdown: CancellationToken,
+    /// Give up even on the batch in hand (the shutdown timeout passed).
+    pub abort: CancellationToken,
+}
+
+impl Ingest {
+    #[tracing::instrument(name = "ingest", skip_all)]
+    pub async fn run(self) {
+        self.health.set_not_ready("reading vehicle-latest");
+        if !self.seed().await {
+            return;
+        }
+        self.refresh_vehicle_gauge().await;
+        self.health.set_ready();
+        let mut batch = Batch::default();
+        loop {
+            let deadline = batch.started.map(|s| s + self.config.flush_interval);
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                // A partial batch waits at most the flush interval.
+                () = sleep_until(deadline), if deadline.is_some() => {
+                    if !self.flush(&mut batch).await {
+                        return;
+                    }
+                }
+                message = self.consumer.recv() => match message {
+                    Ok(m) => {
+                        self.take(&m, &mut batch);
+                        if batch.positions.len() >= self.config.batch_size && !self.flush(&mut batch).await {
+                            return;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "consumer error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        if batch.started.is_some() {
+            tracing::info!(positions = batch.positions.len(), "shutting down: writing the batch in hand");
+            self.flush(&mut batch).await;
+        }
+        tracing::info!("ingest stopped");
+    }
+
+    /// Adds one record to the batch (or counts why it cannot be stored).
+    fn take(&self, m: &BorrowedMessage<'_>, batch: &mut Batch) {
+        self.metrics.consumed.inc();
+        batch.started.get_or_insert_with(tokio::time::Instant::now);
+        let next = batch.offsets.entry(m.partition()).or_insert(0);
+        *next = (*next).max(m.offset() + 1);
+        match m.payload().map(serde_json::from_slice::<ProcessedPosition>) {
+            Some(Ok(p)) if db_int(p.obu_id).is_ok() && db_int(p.seq).is_ok() => batch.positions.push(p),
+            Some(Ok(p)) => {
+                self.metrics.skipped.with_label_values(&["out_of_range"]).inc();
+                tracing::warn!(obu_id = p.obu_id, seq = p.seq, "position not stored: obu_id or seq beyond i64::MAX");
+            }
+            Some(Err(error)) => {
+                self.metrics.skipped.with_label_values(&["undecodable"]).inc();
+                tracing::warn!(partition = m.partition(), offset = m.offset(), %error, "record of the positions topic is not a position");
+            }
+            None => {
+                self.metrics.skipped.with_label_values(&["undecodable"]).inc();
+                tracing::warn!(partition = m.partition(), offset = m.offset(), "record of the positions topic has no value");
+            }
+        }
+    }
+
+    /// Writes the batch (retrying until it is durable), commits its offsets, feeds the live
+    /// clients. False if the tracker is aborting: then nothing was committed, and the records
+    /// are read again after the restart.
+    async fn flush(&self, batch: &mut Batch) -> bool {
+        let started = Instant::now();
+        let taken = std::mem::take(batch);
+        let positions = Arc::new(taken.positions);
+        let mut attempt = 0u32;
+        let outcome = loop {
+            if positions.is_empty() {
+                break Default::default();
+            }
+            match self.store.write(positions.clone()).await {
+                Ok(outcome) => break outcome,
+                Err(error) => {
+                    attempt += 1;
+                    self.metrics.db_errors.with_label_values(&["write"]).inc();
+                    self.health.set_not_ready(format!("database write failed: {error}"));
+                    tracing::warn!(%error, attempt, positions = positions.len(), "database write failed; retrying");
+                    if !self.backoff(attempt).await {
+                        tracing::warn!(positions = positions.len(), "gave up on the batch in hand; it will be read again after a restart");
+                        return false;
+                    }
+                }
+            }
+        };
+        self.commit(&taken.offsets).await;
+        self.metrics.batch_size.observe(positions.len() as f64);
+        self.metrics.written.inc_by(outcome.inserted.len() as u64);
+        self.metrics.duplicates.inc_by(outcome.duplicates);
+        self.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
+        if attempt > 0 || !self.health.is_ready() {
+            self.health.set_ready();
+        }
+        // Only new positions go to the live feed: a replay does not make the map jump.
+        if self.live.receiver_count() > 0 {
+            for i in outcome.inserted {
+                if let Some(p) = positions.get(i) {
+                    let view = VehicleView::of(p, None);
+                    if let Ok(json) = serde_json::to_string(&view) {
+                        let _ = self.live.send(json.into());
+                    }
+                }
+            }
+        }
+        if !positions.is_empty() {
+            self.refresh_vehicle_gauge().await;
+        }
+        true
+    }
+
+    /// Commits synchronously (on a blocking thread): when this returns, a restart resumes
+    /// after the batch. A failed commit is only logged: the records are read again and
+    /// recognised as stored.
+    async fn commit(&self, offsets: &BTreeMap<i32, i64>) {
+        if offsets.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, next) in offsets {
+            if let Err(error) = tpl.add_partition_offset(&self.config.positions_topic, *p, Offset::Offset(*next)) {
+                tracing::warn!(%error, partition = p, "cannot build the offset commit");
+            }
+        }
+        let consumer = self.consumer.clone();
+        match tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await {
+            Ok(Ok(())) => self.metrics.commits.inc(),
+            Ok(Err(error)) => tracing::warn!(%error, "offset commit failed; the batch will be read again and recognised as stored"),
+            Err(error) => tracing::warn!(%error, "offset commit task failed"),
+        }
+    }
+
+    async fn refresh_vehicle_gauge(&self) {
+        match self.store.vehicle_count().await {
+            Ok(n) => self.metrics.vehicles.set(n),
+            Err(error) => {
+                self.metrics.db_errors.with_label_values(&["count"]).inc();
+                tracing::debug!(%error, "cannot count vehicles");
+            }
+        }
+    }
+
+    /// Exponential backoff with full jitter, capped. False if the tracker is aborting.
+    async fn backoff(&self, attempt: u32) -> bool {
+        let base = self.config.retry_initial.as_secs_f64() * 2f64.powi(attempt.saturating_sub(1).min(20) as i32);
+        let capped = base.min(self.config.retry_max.as_secs_f64()).max(0.001);
+        let delay = Duration::from_secs_f64(rand::rng().random_range(capped / 2.0..=capped));
+        tokio::select! {
+            () = self.abort.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
+        }
+    }
+
+    /// Reads `vehicle-latest` whole and moves each vehicle's latest position forward to it, so
+    /// the map is complete at once even when the positions backlog is long. Retries until it
+    /// succeeds; false if the tracker stopped first.
+    async fn seed(&self) -> bool {
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            let config = self.config.clone();
+            let read = tokio::task::spawn_blocking(move || read_latest(&config)).await;
+            let result = match read {
+                Ok(Ok(latest)) => {
+                    self.metrics.latest_seeded.inc_by(latest.records);
+                    let vehicles = latest.positions.len();
+                    let mut changed = 0;
+                    let mut failed = None;
+                    for chunk in latest.positions.chunks(1_000) {
+                        match self.store.seed_latest(chunk.to_vec()).await {
+                            Ok(n) => changed += n,
+                            Err(error) => {
+                                self.metrics.db_errors.with_label_values(&["seed"]).inc();
+                                failed = Some(anyhow::anyhow!("writing the seed: {error}"));
+                                break;
+                            }
+                        }
+                    }
+                    match failed {
+                        None => {
+                            tracing::info!(records = latest.records, vehicles, changed, elapsed = ?started.elapsed(), "latest positions seeded from vehicle-latest");
+                            Ok(())
+                        }
+                        Some(e) => Err(e),
+                    }
+                }
+                Ok(Err(error)) => Err(error),
+                Err(error) => Err(anyhow::anyhow!("seed task failed: {error}")),
+            };
+            match result {
+                Ok(()) => return true,
+                Err(error) => {
+                    attempt += 1;
+                    self.health.set_not_ready(format!("reading vehicle-latest failed: {error:#}"));
+                    tracing::warn!(error = format!("{error:#}"), attempt, "seeding from vehicle-latest failed; retrying");
+                    let stop = self.shutdown.clone();
+                    tokio::select! {
+                        () = stop.cancelled() => return false,
+                        ok = self.backoff(attempt) => if !ok { return false },
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct LatestSnapshot {
+    records: u64,
+    positions: Vec<ProcessedPosition>,
+}
+
+/// A read that makes no progress for this long fails (and is retried).
+const STALL: Duration = Duration::from_secs(15);
+
+/// Every partition of `vehicle-latest` from the beginning up to its end at the time of the
+/// call; the highest seq per vehicle. No consumer group: nothing is committed.
+fn read_latest(config: &Config) -> anyhow::Result<LatestSnapshot> {
+    let mut client = config.kafka.client_config();
+    client
+        .set("group.id", format!("{}-seed", config.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest");
+    config.kafka.apply_overrides(&mut client);
+    let reader: BaseConsumer = client.create()?;
+    let topic = config.latest_topic.as_str();
+    let metadata = reader.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut snapshot = LatestSnapshot { records: 0, positions: Vec::new() };
+    if partitions.is_empty() {
+        tracing::warn!(topic, "the vehicle-latest topic does not exist; starting from the positions topic alone");
+        return Ok(snapshot);
+    }
+    // Where each partition ends now: later records arrive through the positions topic anyway.
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        let (low, high) = reader.fetch_watermarks(topic, *p, Duration::from_secs(10))?;
+        if high > low {
+            ends.insert(*p, high);
+            tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+        }
+    }
+    let mut newest: HashMap<u64, ProcessedPosition> = HashMap::new();
+    if !ends.is_empty() {
+        reader.assign(&tpl)?;
+    }
+    let mut progress = Instant::now();
+    while !ends.is_empty() {
+        match reader.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                progress = Instant::now();
+                let (p, offset) = (m.partition(), m.offset());
+                snapshot.records += 1;
+                // A tombstone (no value) or a foreign record is skipped: the positions topic
+                // brings the vehicle back if it moves.
+                if let Some(Ok(latest)) = m.payload().map(serde_json::from_slice::<VehicleLatest>) {
+                    let pos = latest.position;
+                    if db_int(pos.obu_id).is_ok() && db_int(pos.seq).is_ok() && newest.get(&pos.obu_id).is_none_or(|q| q.seq < pos.seq) {
+                        newest.insert(pos.obu_id, pos);
+                    }
+                }
+                if ends.get(&p).is_some_and(|end| offset + 1 >= *end) {
+                    ends.remove(&p);
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                ends.remove(&p);
+            }
+            Some(Err(e)) => anyhow::bail!("reading {topic}: {e}"),
+            None if progress.elapsed() > STALL => anyhow::bail!("reading {topic} made no progress for {STALL:?}"),
+            None => {}
+        }
+    }
+    snapshot.positions = newest.into_values().collect();
+    Ok(snapshot)
+}

@@ -1,0 +1,243 @@
+//! fleetstream tracker: the history and the live map of the fleet.
+//!
+//! It consumes `positions` in its own consumer group and stores every position, batched and
+//! idempotently on `(obu_id, seq)`, in SQLite (default, embedded) or PostgreSQL
+//! (`DATABASE_URL=postgres://...`), for `--retention`; it commits offsets only after a batch is
+//! durable. At start-up it reads `vehicle-latest` whole, so the latest position of every vehicle
+//! is there at once. It serves, on one port: the map page (`/`), the query API (`/api/...`, see
+//! docs/api.md), the live feed (`/api/live`, Server-Sent Events) and `/metrics`, `/healthz`,
+//! `/readyz`.
+//!
+//! ```text
+//! tracker --kafka-brokers 127.0.0.1:9092                      # SQLite file in the working dir
+//! DATABASE_URL=postgres://tracker:secret@db/fleet tracker     # PostgreSQL
+//! ```
+
+pub mod api;
+mod config;
+mod ingest;
+mod live;
+mod metrics;
+pub mod store;
+mod web;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::routing::get;
+use axum::Router;
+use rdkafka::consumer::Consumer as _;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use fleetstream_core::http::{ops_router, Health};
+use fleetstream_core::now_ms;
+
+pub use config::Config;
+pub use metrics::Metrics;
+pub use store::Store;
+
+/// A tracker with its database open and migrated, its consumer subscribed and its port bound.
+pub struct Application {
+    config: Arc<Config>,
+    listener: TcpListener,
+    store: Store,
+    consumer: Arc<ingest::PositionsConsumer>,
+    metrics: Metrics,
+    health: Health,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("group", &self.config.group_id).field("store", &self.store.backend()).finish()
+    }
+}
+
+impl Application {
+    /// Opens the database (applying migrations), creates the consumer, binds the port.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let metrics = Metrics::new();
+        let store = Store::open(&config.database_url, config.db_pool_size)
+            .await
+            .with_context(|| format!("cannot open the database ({})", redact_url(&config.database_url)))?;
+
+        let mut consumer_config = config.kafka.client_config();
+        consumer_config
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
+        config.kafka.apply_overrides(&mut consumer_config);
+        let consumer: ingest::PositionsConsumer =
+            consumer_config.create_with_context(ingest::Context).context("cannot create Kafka consumer")?;
+        consumer.subscribe(&[&config.positions_topic]).context("cannot subscribe")?;
+
+        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            database = %redact_url(&config.database_url),
+            backend = store.backend(),
+            brokers = %config.kafka.brokers,
+            options = ?config.kafka.redacted_options(),
+            group = %config.group_id,
+            positions = %config.positions_topic,
+            latest = %config.latest_topic,
+            "tracker started"
+        );
+        Ok(Application { config: Arc::new(config), listener, store, consumer: Arc::new(consumer), metrics, health: Health::new() })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// The database, for tests and tools that look inside.
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
+    /// Serves and ingests until `shutdown` resolves; then writes and commits the batch in hand
+    /// (within `--shutdown-timeout`), leaves the group, and returns.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let stop_http = CancellationToken::new();
+        let stop_ingest = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let (live, _) = broadcast::channel(self.config.live_buffer.max(16));
+
+        let state = api::AppState {
+            config: self.config.clone(),
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            live: live.clone(),
+            stop: stop_http.clone(),
+        };
+        let router = router(state, self.metrics.clone(), self.health.clone());
+        let server_stop = stop_http.clone();
+        let server = tokio::spawn(async move { axum::serve(self.listener, router).with_graceful_shutdown(server_stop.cancelled_owned()).await });
+
+        let ingest = tokio::spawn(
+            ingest::Ingest {
+                config: self.config.clone(),
+                consumer: self.consumer.clone(),
+                store: self.store.clone(),
+                metrics: self.metrics.clone(),
+                health: self.health.clone(),
+                live,
+                shutdown: stop_ingest.clone(),
+                abort: abort.clone(),
+            }
+            .run(),
+        );
+        let pruner = tokio::spawn(prune(self.store.clone(), self.metrics.clone(), self.config.clone(), stop_ingest.clone()));
+
+        let mut ingest = ingest;
+        tokio::select! {
+            () = shutdown => {}
+            result = &mut ingest => {
+                stop_http.cancel();
+                let _ = server.await;
+                anyhow::bail!("the ingest loop ended unexpectedly: {result:?}");
+            }
+        }
+        self.health.set_stopping();
+        stop_http.cancel();
+        stop_ingest.cancel();
+        if tokio::time::timeout(self.config.shutdown_timeout, &mut ingest).await.is_err() {
+            tracing::warn!(timeout = ?self.config.shutdown_timeout, "the batch in hand was not stored in time; it will be read again after a restart");
+            abort.cancel();
+            let _ = ingest.await;
+        }
+        let _ = pruner.await;
+        // The last reference: dropping it closes the consumer, which leaves the group at once.
+        drop(self.consumer);
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "HTTP server error"),
+            Err(error) => tracing::warn!(%error, "HTTP server task failed"),
+        }
+        tracing::info!("tracker stopped");
+        Ok(())
+    }
+}
+
+fn router(state: api::AppState, metrics: Metrics, health: Health) -> Router {
+    let app = Router::new()
+        .route("/", get(web::index))
+        .route("/static/{*path}", get(web::asset))
+        .route("/api/config", get(api::map_config))
+        .route("/api/vehicles", get(api::vehicles))
+        .route("/api/vehicles/{id}", get(api::vehicle))
+        .route("/api/vehicles/{id}/track", get(api::track))
+        .route("/api/live", get(live::live))
+        .fallback(api::fallback)
+        .with_state(state);
+    app.merge(ops_router::<()>(metrics.registry.clone(), health))
+        .layer(axum::middleware::from_fn_with_state(metrics, api::count_requests))
+}
+
+/// Deletes positions older than the retention, now and every `--prune-interval`.
+async fn prune(store: Store, metrics: Metrics, config: Arc<Config>, stop: CancellationToken) {
+    let retention = i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        let before = now_ms().saturating_sub(retention);
+        match store.prune(before).await {
+            Ok(0) => {}
+            Ok(n) => {
+                metrics.pruned.inc_by(n);
+                tracing::info!(deleted = n, before, "positions older than the retention deleted");
+            }
+            Err(error) => {
+                metrics.db_errors.with_label_values(&["prune"]).inc();
+                tracing::warn!(%error, "pruning old positions failed; trying again next interval");
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(config.prune_interval) => {}
+        }
+    }
+}
+
+/// The database URL with its password masked, for logs.
+fn redact_url(url: &str) -> String {
+    // scheme://user:password@host...: mask between the first ':' after "//" and the '@'.
+    let Some(start) = url.find("://").map(|i| i + 3) else { return url.to_string() };
+    let rest = &url[start..];
+    match (rest.find('@'), rest.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!("{}{}:***{}", &url[..start], &rest[..colon], &rest[at..]),
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_masked_in_logs() {
+        assert_eq!(redact_url("postgres://tracker:s3cret@db:5432/fleet"), "postgres://tracker:***@db:5432/fleet");
+        assert_eq!(redact_url("postgres://db/fleet"), "postgres://db/fleet");
+        assert_eq!(redact_url("sqlite://fleetstream-tracker.db"), "sqlite://fleetstream-tracker.db");
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        use clap::Parser as _;
+        let c = Config::try_parse_from(["tracker"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.listen.port(), 30002);
+        assert_eq!((c.positions_topic.as_str(), c.latest_topic.as_str()), ("positions", "vehicle-latest"));
+        assert_eq!(c.group_id, "fleetstream-tracker");
+        assert_eq!(c.retention, std::time::Duration::from_secs(86_400));
+        assert_eq!(c.flush_interval, std::time::Duration::from_secs(1));
+    }
+}

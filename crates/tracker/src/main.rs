@@ -1,0 +1,10 @@
+use clap::Parser;
+use fleetstream_tracker::{Application, Config};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    fleetstream_core::telemetry::init(&config.log);
+    let app = Application::build(config).await?;
+    app.run_until_stopped(fleetstream_core::shutdown::signal()).await
+}

@@ -1,0 +1,52 @@
+//! The tracker's metrics. Labels are bounded: route templates, status codes, reasons.
+
+use fleetstream_core::telemetry::{self as t, LATENCY_BUCKETS};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub consumed: IntCounter,
+    pub skipped: IntCounterVec,
+    pub written: IntCounter,
+    pub duplicates: IntCounter,
+    pub batch_size: Histogram,
+    pub flush_seconds: Histogram,
+    pub db_errors: IntCounterVec,
+    pub commits: IntCounter,
+    pub latest_seeded: IntCounter,
+    pub api_requests: IntCounterVec,
+    pub live_clients: IntGauge,
+    pub live_lagged: IntCounter,
+    pub pruned: IntCounter,
+    pub vehicles: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        Metrics {
+            consumed: t::counter(&r, "fleetstream_tracker_positions_consumed_total", "Records read from the positions topic."),
+            skipped: t::counter_vec(&r, "fleetstream_tracker_positions_skipped_total", "Records of the positions topic that cannot be stored, by reason (undecodable, out_of_range).", &["reason"]),
+            written: t::counter(&r, "fleetstream_tracker_positions_written_total", "Positions newly stored in the history."),
+            duplicates: t::counter(&r, "fleetstream_tracker_duplicates_skipped_total", "Positions not stored because their (obu_id, seq) was already in the history (replays)."),
+            batch_size: t::histogram(&r, "fleetstream_tracker_batch_size", "Positions per database write.", &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0]),
+            flush_seconds: t::histogram(&r, "fleetstream_tracker_flush_seconds", "Time to write one batch to the database and commit its offsets.", LATENCY_BUCKETS),
+            db_errors: t::counter_vec(&r, "fleetstream_tracker_db_errors_total", "Failed database operations, by operation.", &["op"]),
+            commits: t::counter(&r, "fleetstream_tracker_commits_total", "Offset commits after a batch was durably stored."),
+            latest_seeded: t::counter(&r, "fleetstream_tracker_latest_seeded_total", "Records read from vehicle-latest at start-up."),
+            api_requests: t::counter_vec(&r, "fleetstream_tracker_api_requests_total", "HTTP requests, by route template and status code.", &["route", "status"]),
+            live_clients: t::gauge(&r, "fleetstream_tracker_live_clients", "Clients connected to the live feed."),
+            live_lagged: t::counter(&r, "fleetstream_tracker_live_lagged_total", "Times a live-feed client fell behind and missed updates."),
+            pruned: t::counter(&r, "fleetstream_tracker_retention_pruned_total", "Positions deleted because they were older than the retention."),
+            vehicles: t::gauge(&r, "fleetstream_tracker_vehicles", "Vehicles with a latest position."),
+            registry: r,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,273 @@
+//! Where positions are kept: one interface, two backends.
+//!
+//! - SQLite (default, `sqlite://FILE`): embedded, compiled into the binary, nothing to set up.
+//!   One writer connection and one reader connection (WAL mode, so readers never wait for the
+//!   writer), each used from a blocking thread.
+//! - PostgreSQL (`postgres://...`): a connection pool; batches go in as arrays (`UNNEST`).
+//!
+//! Both hold the same two tables (see the migrations in each backend):
+//! - `positions`: the history, one row per `(obu_id, seq)` (the primary key), so writing a batch
+//!   again (a replay after a crash, a new consumer group) inserts nothing twice;
+//! - `vehicles_latest`: one row per vehicle, replaced only by a higher seq, so neither a late
+//!   position nor a replay moves it backwards.
+//!
+//! obu_id and seq are u64 on the wire and signed 64-bit integers in both databases: values above
+//! `i64::MAX` cannot be stored (the ingest counts them as skipped, the API refuses such ids).
+
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+
+use fleetstream_core::ProcessedPosition;
+
+pub use self::postgres::PgStore;
+pub use self::sqlite::SqliteStore;
+
+/// Why a database operation failed. Every variant is treated as transient by the ingest (it
+/// retries) and as `503 database_unavailable` by the API.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] deadpool_postgres::tokio_postgres::Error),
+    #[error("PostgreSQL connection pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database task failed: {0}")]
+    Task(String),
+    #[error("invalid DATABASE_URL: {0}")]
+    Url(String),
+    #[error("{0} is beyond the largest storable value {max}", max = i64::MAX)]
+    OutOfRange(u64),
+}
+
+/// A latitude/longitude rectangle. `min_lon > max_lon` means it crosses the antimeridian.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bbox {
+    pub min_lon: f64,
+    pub min_lat: f64,
+    pub max_lon: f64,
+    pub max_lat: f64,
+}
+
+impl Bbox {
+    pub fn contains(&self, lat: f64, lon: f64) -> bool {
+        let lon_ok = if self.min_lon <= self.max_lon {
+            lon >= self.min_lon && lon <= self.max_lon
+        } else {
+            lon >= self.min_lon || lon <= self.max_lon
+        };
+        lon_ok && lat >= self.min_lat && lat <= self.max_lat
+    }
+}
+
+/// What writing a batch did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct WriteOutcome {
+    /// Indices (into the batch) of the positions newly stored, in batch order.
+    pub inserted: Vec<usize>,
+    /// Positions that were already stored (or appeared twice in the batch).
+    pub duplicates: u64,
+}
+
+/// A database holding the history and the latest position of every vehicle.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+impl Store {
+    /// Connects (creating an SQLite file if needed) and applies pending migrations.
+    pub async fn open(url: &str, pool_size: usize) -> Result<Store, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Store::Postgres(PgStore::open(url, pool_size).await?))
+        } else if let Some(rest) = url.strip_prefix("sqlite:") {
+            Ok(Store::Sqlite(SqliteStore::open(sqlite_path(rest)?).await?))
+        } else {
+            Err(StoreError::Url("expected sqlite://FILE, sqlite::memory: or postgres://...".into()))
+        }
+    }
+
+    /// `sqlite` or `postgres`, for logs.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    /// In one transaction: inserts the positions not stored yet into the history, and moves
+    /// each vehicle's latest position forward to its highest in-order seq of the batch.
+    pub async fn write(&self, batch: Arc<Vec<ProcessedPosition>>) -> Result<WriteOutcome, StoreError> {
+        let latest = newest_per_vehicle(batch.iter().filter(|p| !p.out_of_order));
+        match self {
+            Store::Sqlite(s) => s.write(batch, latest).await,
+            Store::Postgres(s) => s.write(&batch, &latest).await,
+        }
+    }
+
+    /// Moves latest positions forward (never backwards), without touching the history: the
+    /// start-up seed from `vehicle-latest`. Returns how many vehicles changed.
+    pub async fn seed_latest(&self, latest: Vec<ProcessedPosition>) -> Result<u64, StoreError> {
+        let latest = newest_per_vehicle(latest.iter());
+        match self {
+            Store::Sqlite(s) => s.seed_latest(latest).await,
+            Store::Postgres(s) => s.seed_latest(&latest).await,
+        }
+    }
+
+    /// The latest position of every vehicle (inside `bbox` if given), by obu_id.
+    pub async fn latest(&self, bbox: Option<Bbox>) -> Result<Vec<ProcessedPosition>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.latest(bbox).await,
+            Store::Postgres(s) => s.latest(bbox).await,
+        }
+    }
+
+    /// The latest position of one vehicle.
+    pub async fn vehicle(&self, obu_id: u64) -> Result<Option<ProcessedPosition>, StoreError> {
+        let id = db_int(obu_id)?;
+        match self {
+            Store::Sqlite(s) => s.vehicle(id).await,
+            Store::Postgres(s) => s.vehicle(id).await,
+        }
+    }
+
+    /// The stored positions of a vehicle with `from <= ts <= to` (device time, Unix ms), by
+    /// time then seq; at most `limit`.
+    pub async fn track(&self, obu_id: u64, from: i64, to: i64, limit: usize) -> Result<Vec<ProcessedPosition>, StoreError> {
+        let id = db_int(obu_id)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        match self {
+            Store::Sqlite(s) => s.track(id, from, to, limit).await,
+            Store::Postgres(s) => s.track(id, from, to, limit).await,
+        }
+    }
+
+    /// Deletes history rows with `ts < before` (device time, Unix ms). Returns how many.
+    pub async fn prune(&self, before: i64) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.prune(before).await,
+            Store::Postgres(s) => s.prune(before).await,
+        }
+    }
+
+    /// How many vehicles have a latest position.
+    pub async fn vehicle_count(&self) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.vehicle_count().await,
+            Store::Postgres(s) => s.vehicle_count().await,
+        }
+    }
+
+    /// How many positions the history holds.
+    pub async fn position_count(&self) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.position_count().await,
+            Store::Postgres(s) => s.position_count().await,
+        }
+    }
+
+    /// The applied migrations, oldest first: (version, name).
+    pub async fn migrations(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.migrations().await,
+            Store::Postgres(s) => s.migrations().await,
+        }
+    }
+}
+
+/// The file path of an `sqlite:` URL (the part after `sqlite:`): `//relative.db`,
+/// `///absolute/path.db`, `relative.db`, or `:memory:`. Query parameters are not supported.
+fn sqlite_path(rest: &str) -> Result<String, StoreError> {
+    let path = rest.strip_prefix("//").unwrap_or(rest);
+    if path.is_empty() {
+        return Err(StoreError::Url("sqlite:// needs a file name, e.g. sqlite://fleetstream-tracker.db".into()));
+    }
+    if path.contains('?') {
+        return Err(StoreError::Url("query parameters are not supported in an sqlite URL".into()));
+    }
+    Ok(path.to_string())
+}
+
+/// A u64 id or seq as the databases store it.
+pub fn db_int(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::OutOfRange(v))
+}
+
+/// Back from the database: never negative, since only `db_int` values are written.
+fn from_db(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or_default()
+}
+
+/// The highest-seq position of each vehicle, by obu_id (an upsert may touch a row once).
+fn newest_per_vehicle<'a>(positions: impl Iterator<Item = &'a ProcessedPosition>) -> Vec<ProcessedPosition> {
+    let mut newest: std::collections::BTreeMap<u64, &ProcessedPosition> = std::collections::BTreeMap::new();
+    for p in positions {
+        match newest.get(&p.obu_id) {
+            Some(q) if q.seq >= p.seq => {}
+            _ => {
+                newest.insert(p.obu_id, p);
+            }
+        }
+    }
+    newest.into_values().cloned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(obu_id: u64, seq: u64, out_of_order: bool) -> ProcessedPosition {
+        ProcessedPosition {
+            obu_id,
+            seq,
+            ts: seq as i64 * 1000,
+            lat: 52.5,
+            lon: 13.4,
+            speed: None,
+            heading: None,
+            speed_computed: false,
+            heading_computed: false,
+            distance_m: 0.0,
+            received_at: None,
+            processed_at: 0,
+            out_of_order,
+        }
+    }
+
+    #[test]
+    fn sqlite_urls_name_a_file() {
+        assert_eq!(sqlite_path("//fleetstream-tracker.db").ok().as_deref(), Some("fleetstream-tracker.db"));
+        assert_eq!(sqlite_path("///var/lib/tracker.db").ok().as_deref(), Some("/var/lib/tracker.db"));
+        assert_eq!(sqlite_path(":memory:").ok().as_deref(), Some(":memory:"));
+        assert!(sqlite_path("//").is_err());
+        assert!(sqlite_path("//x.db?mode=ro").is_err());
+    }
+
+    #[test]
+    fn newest_per_vehicle_keeps_the_highest_seq() {
+        let batch = [pos(1, 5, false), pos(2, 1, false), pos(1, 7, false), pos(1, 6, false)];
+        let newest = newest_per_vehicle(batch.iter());
+        assert_eq!(newest.iter().map(|p| (p.obu_id, p.seq)).collect::<Vec<_>>(), vec![(1, 7), (2, 1)]);
+    }
+
+    #[test]
+    fn bbox_handles_the_antimeridian() {
+        let b = Bbox { min_lon: 13.0, min_lat: 52.0, max_lon: 14.0, max_lat: 53.0 };
+        assert!(b.contains(52.5, 13.4));
+        assert!(!b.contains(52.5, 14.5));
+        assert!(!b.contains(51.9, 13.4));
+        let wrap = Bbox { min_lon: 170.0, min_lat: -10.0, max_lon: -170.0, max_lat: 10.0 };
+        assert!(wrap.contains(0.0, 175.0) && wrap.contains(0.0, -175.0));
+        assert!(!wrap.contains(0.0, 0.0));
+    }
+
+    #[test]
+    fn ids_beyond_i64_are_refused() {
+        assert_eq!(db_int(17).ok(), Some(17));
+        assert!(matches!(db_int(u64::MAX), Err(StoreError::OutOfRange(_))));
+    }
+}

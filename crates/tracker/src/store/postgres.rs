@@ -1,0 +1,340 @@
+//! The production backend: PostgreSQL through a connection pool.
+//!
+//! A batch is one transaction of two statements, each taking the whole batch as arrays
+//! (`UNNEST`), so a thousand positions cost two round trips. Connections are plain TCP or a
+//! Unix socket (`host=/run/postgresql`); TLS is not built in.
+
+use std::time::Duration;
+
+use deadpool_postgres::tokio_postgres::{self, types::ToSql, NoTls, Row};
+use deadpool_postgres::{GenericClient as _, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+
+use fleetstream_core::{now_ms, ProcessedPosition};
+
+use super::{db_int, from_db, Bbox, StoreError, WriteOutcome};
+
+/// Versioned migrations, applied in order, each once, under an advisory lock so that trackers
+/// starting together do not race.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "positions and vehicles_latest",
+    "CREATE TABLE positions (
+        obu_id BIGINT NOT NULL,
+        seq BIGINT NOT NULL,
+        ts BIGINT NOT NULL,
+        lat DOUBLE PRECISION NOT NULL,
+        lon DOUBLE PRECISION NOT NULL,
+        speed DOUBLE PRECISION,
+        heading DOUBLE PRECISION,
+        speed_computed BOOLEAN NOT NULL DEFAULT false,
+        heading_computed BOOLEAN NOT NULL DEFAULT false,
+        distance_m DOUBLE PRECISION NOT NULL DEFAULT 0,
+        received_at BIGINT,
+        processed_at BIGINT NOT NULL,
+        out_of_order BOOLEAN NOT NULL DEFAULT false,
+        PRIMARY KEY (obu_id, seq)
+    );
+    CREATE INDEX positions_by_vehicle_time ON positions (obu_id, ts);
+    CREATE INDEX positions_by_time ON positions (ts);
+    CREATE TABLE vehicles_latest (
+        obu_id BIGINT PRIMARY KEY,
+        seq BIGINT NOT NULL,
+        ts BIGINT NOT NULL,
+        lat DOUBLE PRECISION NOT NULL,
+        lon DOUBLE PRECISION NOT NULL,
+        speed DOUBLE PRECISION,
+        heading DOUBLE PRECISION,
+        speed_computed BOOLEAN NOT NULL DEFAULT false,
+        heading_computed BOOLEAN NOT NULL DEFAULT false,
+        distance_m DOUBLE PRECISION NOT NULL DEFAULT 0,
+        received_at BIGINT,
+        processed_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );",
+)];
+
+/// Key of the advisory lock held while migrating ("fleetstr" in ASCII).
+const MIGRATION_LOCK: i64 = 0x666c_6565_7473_7472;
+
+const COLUMNS: &str = "obu_id, seq, ts, lat, lon, speed, heading, speed_computed, heading_computed, distance_m, received_at, processed_at";
+const ARRAYS: &str = "$1::int8[], $2::int8[], $3::int8[], $4::float8[], $5::float8[], $6::float8[], $7::float8[], \
+                      $8::bool[], $9::bool[], $10::float8[], $11::int8[], $12::int8[]";
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("status", &self.pool.status()).finish()
+    }
+}
+
+/// The columns of a batch as arrays, in `COLUMNS` order.
+struct Columns {
+    obu_id: Vec<i64>,
+    seq: Vec<i64>,
+    ts: Vec<i64>,
+    lat: Vec<f64>,
+    lon: Vec<f64>,
+    speed: Vec<Option<f64>>,
+    heading: Vec<Option<f64>>,
+    speed_computed: Vec<bool>,
+    heading_computed: Vec<bool>,
+    distance_m: Vec<f64>,
+    received_at: Vec<Option<i64>>,
+    processed_at: Vec<i64>,
+}
+
+impl Columns {
+    fn of<'a>(positions: impl ExactSizeIterator<Item = &'a ProcessedPosition>) -> Result<Columns, StoreError> {
+        let n = positions.len();
+        let mut c = Columns {
+            obu_id: Vec::with_capacity(n),
+            seq: Vec::with_capacity(n),
+            ts: Vec::with_capacity(n),
+            lat: Vec::with_capacity(n),
+            lon: Vec::with_capacity(n),
+            speed: Vec::with_capacity(n),
+            heading: Vec::with_capacity(n),
+            speed_computed: Vec::with_capacity(n),
+            heading_computed: Vec::with_capacity(n),
+            distance_m: Vec::with_capacity(n),
+            received_at: Vec::with_capacity(n),
+            processed_at: Vec::with_capacity(n),
+        };
+        for p in positions {
+            c.obu_id.push(db_int(p.obu_id)?);
+            c.seq.push(db_int(p.seq)?);
+            c.ts.push(p.ts);
+            c.lat.push(p.lat);
+            c.lon.push(p.lon);
+            c.speed.push(p.speed);
+            c.heading.push(p.heading);
+            c.speed_computed.push(p.speed_computed);
+            c.heading_computed.push(p.heading_computed);
+            c.distance_m.push(p.distance_m);
+            c.received_at.push(p.received_at);
+            c.processed_at.push(p.processed_at);
+        }
+        Ok(c)
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.obu_id,
+            &self.seq,
+            &self.ts,
+            &self.lat,
+            &self.lon,
+            &self.speed,
+            &self.heading,
+            &self.speed_computed,
+            &self.heading_computed,
+            &self.distance_m,
+            &self.received_at,
+            &self.processed_at,
+        ]
+    }
+}
+
+impl PgStore {
+    pub async fn open(url: &str, pool_size: usize) -> Result<PgStore, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| StoreError::Url(e.to_string()))?;
+        // An unreachable server fails the attempt (and the ingest retries) instead of hanging.
+        config.connect_timeout(Duration::from_secs(5));
+        if config.get_application_name().is_none() {
+            config.application_name("fleetstream-tracker");
+        }
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(2))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| StoreError::Url(e.to_string()))?;
+        let store = PgStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .await?;
+        for (version, name, sql) in MIGRATIONS {
+            let applied = tx.query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[version]).await?.is_some();
+            if !applied {
+                tx.batch_execute(sql).await?;
+                tx.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)", &[version, name, &now_ms()])
+                    .await?;
+                tracing::info!(version, name, "PostgreSQL migration applied");
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn write(&self, batch: &[ProcessedPosition], latest: &[ProcessedPosition]) -> Result<WriteOutcome, StoreError> {
+        // One row per key: inside one statement a repeated key would be reported as inserted
+        // once and skipped once anyway, but indices are easier to map back without repeats.
+        let mut seen = std::collections::HashSet::with_capacity(batch.len());
+        let firsts: Vec<usize> = (0..batch.len()).filter(|&i| seen.insert((batch[i].obu_id, batch[i].seq))).collect();
+        let cols = Columns::of(firsts.iter().map(|&i| &batch[i]))?;
+        let out_of_order: Vec<bool> = firsts.iter().map(|&i| batch[i].out_of_order).collect();
+        let latest_cols = Columns::of(latest.iter())?;
+
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let insert = tx
+            .prepare_cached(&format!(
+                "INSERT INTO positions ({COLUMNS}, out_of_order)
+                 SELECT * FROM UNNEST({ARRAYS}, $13::bool[])
+                 ON CONFLICT (obu_id, seq) DO NOTHING
+                 RETURNING obu_id, seq"
+            ))
+            .await?;
+        let mut params = cols.params();
+        params.push(&out_of_order);
+        let rows = tx.query(&insert, &params).await?;
+        let mut new: std::collections::HashSet<(i64, i64)> = std::collections::HashSet::with_capacity(rows.len());
+        for row in rows {
+            new.insert((row.try_get(0)?, row.try_get(1)?));
+        }
+        upsert_latest(&tx, &latest_cols).await?;
+        tx.commit().await?;
+
+        let mut outcome = WriteOutcome::default();
+        for (i, p) in batch.iter().enumerate() {
+            let key = (db_int(p.obu_id)?, db_int(p.seq)?);
+            if new.remove(&key) {
+                outcome.inserted.push(i);
+            } else {
+                outcome.duplicates += 1;
+            }
+        }
+        Ok(outcome)
+    }
+
+    pub async fn seed_latest(&self, latest: &[ProcessedPosition]) -> Result<u64, StoreError> {
+        let cols = Columns::of(latest.iter())?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let changed = upsert_latest(&tx, &cols).await?;
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    pub async fn latest(&self, bbox: Option<Bbox>) -> Result<Vec<ProcessedPosition>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(&format!("SELECT {COLUMNS} FROM vehicles_latest ORDER BY obu_id")).await?;
+        let rows = client.query(&stmt, &[]).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let p = row_to_position(&row, false)?;
+            if bbox.is_none_or(|b| b.contains(p.lat, p.lon)) {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn vehicle(&self, obu_id: i64) -> Result<Option<ProcessedPosition>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(&format!("SELECT {COLUMNS} FROM vehicles_latest WHERE obu_id = $1")).await?;
+        match client.query_opt(&stmt, &[&obu_id]).await? {
+            Some(row) => Ok(Some(row_to_position(&row, false)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn track(&self, obu_id: i64, from: i64, to: i64, limit: i64) -> Result<Vec<ProcessedPosition>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS}, out_of_order FROM positions
+                 WHERE obu_id = $1 AND ts >= $2 AND ts <= $3 ORDER BY ts, seq LIMIT $4"
+            ))
+            .await?;
+        let rows = client.query(&stmt, &[&obu_id, &from, &to, &limit]).await?;
+        rows.iter().map(|r| row_to_position(r, true)).collect()
+    }
+
+    pub async fn prune(&self, before: i64) -> Result<u64, StoreError> {
+        let client = self.pool.get().await?;
+        let mut deleted = 0u64;
+        // In slices, so no single statement holds locks on millions of rows.
+        loop {
+            let n = client
+                .execute(
+                    "DELETE FROM positions WHERE (obu_id, seq) IN (SELECT obu_id, seq FROM positions WHERE ts < $1 LIMIT 10000)",
+                    &[&before],
+                )
+                .await?;
+            deleted += n;
+            if n < 10_000 {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    pub async fn vehicle_count(&self) -> Result<i64, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client.query_one("SELECT count(*) FROM vehicles_latest", &[]).await?.try_get(0)?)
+    }
+
+    pub async fn position_count(&self) -> Result<i64, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client.query_one("SELECT count(*) FROM positions", &[]).await?.try_get(0)?)
+    }
+
+    pub async fn migrations(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client.query("SELECT version, name FROM schema_migrations ORDER BY version", &[]).await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+}
+
+async fn upsert_latest(tx: &deadpool_postgres::Transaction<'_>, cols: &Columns) -> Result<u64, StoreError> {
+    let upsert = tx
+        .prepare_cached(&format!(
+            "INSERT INTO vehicles_latest ({COLUMNS}, updated_at)
+             SELECT *, $13::int8 FROM UNNEST({ARRAYS})
+             ON CONFLICT (obu_id) DO UPDATE SET
+                seq = EXCLUDED.seq, ts = EXCLUDED.ts, lat = EXCLUDED.lat, lon = EXCLUDED.lon,
+                speed = EXCLUDED.speed, heading = EXCLUDED.heading,
+                speed_computed = EXCLUDED.speed_computed, heading_computed = EXCLUDED.heading_computed,
+                distance_m = EXCLUDED.distance_m, received_at = EXCLUDED.received_at,
+                processed_at = EXCLUDED.processed_at, updated_at = EXCLUDED.updated_at
+             WHERE EXCLUDED.seq > vehicles_latest.seq"
+        ))
+        .await?;
+    let now = now_ms();
+    let mut params = cols.params();
+    params.push(&now);
+    Ok(tx.execute(&upsert, &params).await?)
+}
+
+fn row_to_position(r: &Row, with_out_of_order: bool) -> Result<ProcessedPosition, StoreError> {
+    Ok(ProcessedPosition {
+        obu_id: from_db(r.try_get(0)?),
+        seq: from_db(r.try_get(1)?),
+        ts: r.try_get(2)?,
+        lat: r.try_get(3)?,
+        lon: r.try_get(4)?,
+        speed: r.try_get(5)?,
+        heading: r.try_get(6)?,
+        speed_computed: r.try_get(7)?,
+        heading_computed: r.try_get(8)?,
+        distance_m: r.try_get(9)?,
+        received_at: r.try_get(10)?,
+        processed_at: r.try_get(11)?,
+        out_of_order: if with_out_of_order { r.try_get(12)? } else { false },
+    })
+}

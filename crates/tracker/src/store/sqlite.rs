@@ -1,0 +1,314 @@
+//! The embedded backend: SQLite, compiled into the binary.
+//!
+//! rusqlite is synchronous, so every call runs on a blocking thread. Two connections: the
+//! writer (ingest, seed, prune, migrations) and a read-only reader (the API), so a long write
+//! never delays a map refresh: in WAL mode readers see the last committed state without locks.
+//! `synchronous=FULL`: a committed batch survives a power cut, which is what lets the ingest
+//! commit its Kafka offsets right after.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension as _, Row};
+
+use fleetstream_core::{now_ms, ProcessedPosition};
+
+use super::{db_int, from_db, Bbox, StoreError, WriteOutcome};
+
+/// Versioned migrations, applied in order, each once, each in its own transaction.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "positions and vehicles_latest",
+    "CREATE TABLE positions (
+        obu_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        ts INTEGER NOT NULL,
+        lat REAL NOT NULL,
+        lon REAL NOT NULL,
+        speed REAL,
+        heading REAL,
+        speed_computed INTEGER NOT NULL DEFAULT 0,
+        heading_computed INTEGER NOT NULL DEFAULT 0,
+        distance_m REAL NOT NULL DEFAULT 0,
+        received_at INTEGER,
+        processed_at INTEGER NOT NULL,
+        out_of_order INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (obu_id, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX positions_by_vehicle_time ON positions (obu_id, ts);
+    CREATE INDEX positions_by_time ON positions (ts);
+    CREATE TABLE vehicles_latest (
+        obu_id INTEGER PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        ts INTEGER NOT NULL,
+        lat REAL NOT NULL,
+        lon REAL NOT NULL,
+        speed REAL,
+        heading REAL,
+        speed_computed INTEGER NOT NULL DEFAULT 0,
+        heading_computed INTEGER NOT NULL DEFAULT 0,
+        distance_m REAL NOT NULL DEFAULT 0,
+        received_at INTEGER,
+        processed_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );",
+)];
+
+const COLUMNS: &str = "obu_id, seq, ts, lat, lon, speed, heading, speed_computed, heading_computed, distance_m, received_at, processed_at";
+
+type Shared = Arc<Mutex<Connection>>;
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: Shared,
+    reader: Shared,
+    path: Arc<str>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+    }
+}
+
+impl SqliteStore {
+    pub async fn open(path: String) -> Result<SqliteStore, StoreError> {
+        let path2 = path.clone();
+        let (writer, reader) = tokio::task::spawn_blocking(move || -> Result<(Connection, Option<Connection>), StoreError> {
+            let path = path2;
+            let mut writer = Connection::open(&path)?;
+            writer.busy_timeout(Duration::from_secs(10))?;
+            let memory = path == ":memory:";
+            if !memory {
+                let mode: String = writer.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+                if !mode.eq_ignore_ascii_case("wal") {
+                    tracing::warn!(mode, "SQLite did not switch to WAL mode; readers may wait for writes");
+                }
+            }
+            writer.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+            migrate(&mut writer)?;
+            // An in-memory database exists only inside its one connection.
+            let reader = if memory {
+                None
+            } else {
+                let r = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+                r.busy_timeout(Duration::from_secs(10))?;
+                Some(r)
+            };
+            Ok((writer, reader))
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        let writer = Arc::new(Mutex::new(writer));
+        let reader = reader.map(|r| Arc::new(Mutex::new(r))).unwrap_or_else(|| writer.clone());
+        Ok(SqliteStore { writer, reader, path: path.into() })
+    }
+
+    pub async fn write(&self, batch: Arc<Vec<ProcessedPosition>>, latest: Vec<ProcessedPosition>) -> Result<WriteOutcome, StoreError> {
+        run(&self.writer, move |conn| {
+            let tx = conn.transaction()?;
+            let mut outcome = WriteOutcome::default();
+            {
+                let mut insert = tx.prepare_cached(&format!(
+                    "INSERT INTO positions ({COLUMNS}, out_of_order) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                     ON CONFLICT (obu_id, seq) DO NOTHING"
+                ))?;
+                for (i, p) in batch.iter().enumerate() {
+                    let changed = insert.execute(params![
+                        db_int(p.obu_id)?,
+                        db_int(p.seq)?,
+                        p.ts,
+                        p.lat,
+                        p.lon,
+                        p.speed,
+                        p.heading,
+                        p.speed_computed,
+                        p.heading_computed,
+                        p.distance_m,
+                        p.received_at,
+                        p.processed_at,
+                        p.out_of_order,
+                    ])?;
+                    if changed == 1 {
+                        outcome.inserted.push(i);
+                    } else {
+                        outcome.duplicates += 1;
+                    }
+                }
+            }
+            upsert_latest(&tx, &latest)?;
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    pub async fn seed_latest(&self, latest: Vec<ProcessedPosition>) -> Result<u64, StoreError> {
+        run(&self.writer, move |conn| {
+            let tx = conn.transaction()?;
+            let changed = upsert_latest(&tx, &latest)?;
+            tx.commit()?;
+            Ok(changed)
+        })
+        .await
+    }
+
+    pub async fn latest(&self, bbox: Option<Bbox>) -> Result<Vec<ProcessedPosition>, StoreError> {
+        run(&self.reader, move |conn| {
+            let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM vehicles_latest ORDER BY obu_id"))?;
+            let rows = stmt.query_map([], |r| row_to_position(r, false))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let p = row?;
+                // Filtered here rather than in SQL: a full scan either way, and the antimeridian
+                // case stays in one place (Bbox::contains).
+                if bbox.is_none_or(|b| b.contains(p.lat, p.lon)) {
+                    out.push(p);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn vehicle(&self, obu_id: i64) -> Result<Option<ProcessedPosition>, StoreError> {
+        run(&self.reader, move |conn| {
+            let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM vehicles_latest WHERE obu_id = ?1"))?;
+            Ok(stmt.query_row([obu_id], |r| row_to_position(r, false)).optional()?)
+        })
+        .await
+    }
+
+    pub async fn track(&self, obu_id: i64, from: i64, to: i64, limit: i64) -> Result<Vec<ProcessedPosition>, StoreError> {
+        run(&self.reader, move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {COLUMNS}, out_of_order FROM positions
+                 WHERE obu_id = ?1 AND ts >= ?2 AND ts <= ?3 ORDER BY ts, seq LIMIT ?4"
+            ))?;
+            let rows = stmt.query_map(params![obu_id, from, to, limit], |r| row_to_position(r, true))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn prune(&self, before: i64) -> Result<u64, StoreError> {
+        run(&self.writer, move |conn| {
+            let mut deleted = 0u64;
+            // In slices, so the writer lock (and the ingest behind it) is never held for long.
+            loop {
+                let n = conn.execute(
+                    "DELETE FROM positions WHERE (obu_id, seq) IN (SELECT obu_id, seq FROM positions WHERE ts < ?1 LIMIT 10000)",
+                    [before],
+                )?;
+                deleted += n as u64;
+                if n < 10_000 {
+                    return Ok(deleted);
+                }
+            }
+        })
+        .await
+    }
+
+    pub async fn vehicle_count(&self) -> Result<i64, StoreError> {
+        run(&self.reader, |conn| Ok(conn.query_row("SELECT count(*) FROM vehicles_latest", [], |r| r.get(0))?)).await
+    }
+
+    pub async fn position_count(&self) -> Result<i64, StoreError> {
+        run(&self.reader, |conn| Ok(conn.query_row("SELECT count(*) FROM positions", [], |r| r.get(0))?)).await
+    }
+
+    pub async fn migrations(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        run(&self.reader, |conn| {
+            let mut stmt = conn.prepare("SELECT version, name FROM schema_migrations ORDER BY version")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+}
+
+/// Runs `f` with the connection on a blocking thread.
+async fn run<T: Send + 'static>(
+    conn: &Shared,
+    f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let conn = conn.clone();
+    tokio::task::spawn_blocking(move || {
+        // A panic while the lock was held cannot leave a transaction open (rusqlite rolls back
+        // on drop), so the connection is still good.
+        let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut guard)
+    })
+    .await
+    .map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+    )?;
+    for (version, name, sql) in MIGRATIONS {
+        // IMMEDIATE takes the write lock first: two trackers starting on one file cannot both
+        // apply a migration.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let applied: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?1)", [version], |r| r.get(0))?;
+        if !applied {
+            tx.execute_batch(sql)?;
+            tx.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)", params![version, name, now_ms()])?;
+            tracing::info!(version, name, "SQLite migration applied");
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn upsert_latest(tx: &rusqlite::Transaction<'_>, latest: &[ProcessedPosition]) -> Result<u64, StoreError> {
+    let mut upsert = tx.prepare_cached(&format!(
+        "INSERT INTO vehicles_latest ({COLUMNS}, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+         ON CONFLICT (obu_id) DO UPDATE SET
+            seq = excluded.seq, ts = excluded.ts, lat = excluded.lat, lon = excluded.lon,
+            speed = excluded.speed, heading = excluded.heading,
+            speed_computed = excluded.speed_computed, heading_computed = excluded.heading_computed,
+            distance_m = excluded.distance_m, received_at = excluded.received_at,
+            processed_at = excluded.processed_at, updated_at = excluded.updated_at
+         WHERE excluded.seq > vehicles_latest.seq"
+    ))?;
+    let now = now_ms();
+    let mut changed = 0u64;
+    for p in latest {
+        changed += upsert.execute(params![
+            db_int(p.obu_id)?,
+            db_int(p.seq)?,
+            p.ts,
+            p.lat,
+            p.lon,
+            p.speed,
+            p.heading,
+            p.speed_computed,
+            p.heading_computed,
+            p.distance_m,
+            p.received_at,
+            p.processed_at,
+            now,
+        ])? as u64;
+    }
+    Ok(changed)
+}
+
+fn row_to_position(r: &Row<'_>, with_out_of_order: bool) -> rusqlite::Result<ProcessedPosition> {
+    Ok(ProcessedPosition {
+        obu_id: from_db(r.get(0)?),
+        seq: from_db(r.get(1)?),
+        ts: r.get(2)?,
+        lat: r.get(3)?,
+        lon: r.get(4)?,
+        speed: r.get(5)?,
+        heading: r.get(6)?,
+        speed_computed: r.get(7)?,
+        heading_computed: r.get(8)?,
+        distance_m: r.get(9)?,
+        received_at: r.get(10)?,
+        processed_at: r.get(11)?,
+        out_of_order: if with_out_of_order { r.get(12)? } else { false },
+    })
+}
