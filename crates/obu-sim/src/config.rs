@@ -102,6 +102,11 @@ pub struct Config {
     #[arg(long, env = "SIM_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
+    /// PEM file of the CA (or self-signed certificate) to trust for a wss:// URL, instead of
+    /// the public web roots.
+    #[arg(long, env = "SIM_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
     /// Fleet mode: how often each vehicle reports.
     #[arg(long, env = "SIM_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,

@@ -55,7 +55,7 @@ struct SimVehicle {
 }
 
 /// Shared stop signals and budget of a run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Control {
     /// Stop generating (duration, count or Ctrl-C reached).
     pub stop_generating: CancellationToken,
@@ -63,6 +63,14 @@ pub struct Control {
     pub hard_stop: CancellationToken,
     /// Positions left to generate, when `--count` is set.
     pub budget: Option<Arc<AtomicU64>>,
+    /// TLS settings for wss:// when a CA was given (else the public web roots).
+    pub connector: Option<tokio_tungstenite::Connector>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").field("budget", &self.budget).field("tls", &self.connector.is_some()).finish()
+    }
 }
 
 impl Control {
@@ -214,7 +222,8 @@ impl Lane {
         if let Some(token) = &self.config.token {
             request.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {token}"))?);
         }
-        let (ws, _) = tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(request)).await??;
+        let connect = tokio_tungstenite::connect_async_tls_with_config(request, None, false, self.control.connector.clone());
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(5), connect).await??;
         Ok(ws)
     }
 

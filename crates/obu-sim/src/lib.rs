@@ -37,6 +37,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send + 'static
         stop_generating: CancellationToken::new(),
         hard_stop: CancellationToken::new(),
         budget: config.count.map(|c| Arc::new(AtomicU64::new(c))),
+        connector: None,
     };
     let metrics_server = match config.metrics_listen {
         Some(addr) => {
@@ -48,6 +49,11 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send + 'static
         }
         None => None,
     };
+    let connector = match &config.tls_ca {
+        Some(path) => Some(tls_connector(path)?),
+        None => None,
+    };
+    let control = Control { connector, ..control };
     let config = Arc::new(config);
     let ids: Vec<u64> = (0..config.vehicles).map(|i| config.first_obu_id + i).collect();
     let lanes = if config.connections == 0 { ids.len() } else { config.connections.min(ids.len()) };
@@ -103,6 +109,20 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send + 'static
         s.abort();
     }
     Ok(stats.summary(started.elapsed()))
+}
+
+/// A TLS connector trusting exactly the certificates in `path`.
+fn tls_connector(path: &std::path::Path) -> anyhow::Result<tokio_tungstenite::Connector> {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(path).with_context(|| format!("cannot read {}", path.display()))? {
+        roots.add(cert.with_context(|| format!("bad PEM in {}", path.display()))?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
 }
 
 async fn progress_line(stats: Arc<Stats>, stop: CancellationToken) {

@@ -82,6 +82,18 @@ pub struct Config {
     #[arg(long, env = "RECEIVER_AUTH_TOKENS", hide_env_values = true)]
     pub auth_tokens: Option<String>,
 
+    /// PEM certificate chain: with --tls-key, devices connect with wss:// (TLS via rustls).
+    #[arg(long, env = "RECEIVER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for --tls-cert.
+    #[arg(long, env = "RECEIVER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Longest a TLS handshake may take before the connection is dropped.
+    #[arg(long, env = "RECEIVER_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_handshake_timeout: Duration,
+
     /// How long to wait on shutdown for in-flight positions to be acked before closing sockets.
     #[arg(long, env = "RECEIVER_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,

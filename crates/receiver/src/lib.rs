@@ -15,9 +15,9 @@ mod config;
 mod connection;
 mod limits;
 mod metrics;
+mod tls;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +63,7 @@ pub(crate) struct Shared {
 /// A bound, not yet serving receiver.
 pub struct Application {
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shared: Arc<Shared>,
 }
 
@@ -107,6 +108,10 @@ impl Application {
         producer_config.set("queue.buffering.max.messages", queue.to_string());
         config.kafka.apply_overrides(&mut producer_config);
         let producer: FutureProducer = producer_config.create().context("cannot create Kafka producer")?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+            _ => None,
+        };
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let instance = config.instance_id.clone().unwrap_or_else(|| format!("receiver-{:08x}", rand_id()));
         tracing::info!(
@@ -114,6 +119,7 @@ impl Application {
             brokers = %config.kafka.brokers,
             options = ?config.kafka.redacted_options(),
             topic = %config.topic,
+            tls = tls.is_some(),
             instance = %instance,
             "receiver listening"
         );
@@ -130,7 +136,7 @@ impl Application {
             next_connection: AtomicU64::new(1),
             config,
         });
-        Ok(Application { listener, shared })
+        Ok(Application { listener, tls, shared })
     }
 
     /// The bound port.
@@ -153,14 +159,20 @@ impl Application {
             .with_state(shared.clone())
             .merge(ops_router(shared.metrics.registry.clone(), shared.health.clone()));
         let stopping = shared.clone();
-        axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                stopping.health.set_stopping();
-                stopping.shutdown.cancel();
-            })
-            .await
-            .context("server error")?;
+        let stop = async move {
+            shutdown.await;
+            stopping.health.set_stopping();
+            stopping.shutdown.cancel();
+        };
+        let service = router.into_make_service_with_connect_info::<tls::Peer>();
+        match self.tls {
+            Some(config) => {
+                let listener = tls::TlsListener::new(self.listener, config, shared.config.tls_handshake_timeout)?;
+                axum::serve(listener, service).with_graceful_shutdown(stop).await
+            }
+            None => axum::serve(self.listener, service).with_graceful_shutdown(stop).await,
+        }
+        .context("server error")?;
 
         let timeout = shared.config.shutdown_timeout;
         shared.tracker.close();
@@ -188,7 +200,7 @@ struct ConnectQuery {
 /// `GET /ws`: authenticate, admit, upgrade.
 async fn upgrade(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(tls::Peer(peer)): ConnectInfo<tls::Peer>,
     Query(query): Query<ConnectQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,

@@ -16,22 +16,31 @@ struct Receiver {
 
 impl Receiver {
     async fn start(broker: &Broker, topics: &Topics, port: u16) -> Receiver {
-        let config = fleetstream_receiver::Config::try_parse_from([
+        Self::start_with(broker, topics, port, &[]).await
+    }
+
+    async fn start_with(broker: &Broker, topics: &Topics, port: u16, extra: &[String]) -> Receiver {
+        let mut args = vec![
             "receiver".to_string(),
             format!("--listen=127.0.0.1:{port}"),
             format!("--kafka-brokers={}", broker.brokers()),
             format!("--topic={}", topics.raw),
             format!("--dlq-topic={}", topics.dlq),
-            "--auth=none".into(),
             "--kafka-linger-ms=1".into(),
             "--rate-limit=0".into(),
-        ])
-        .unwrap_or_else(|e| panic!("{e}"));
+        ];
+        if !extra.iter().any(|a| a.starts_with("--auth=")) {
+            args.push("--auth=none".into());
+        }
+        args.extend(extra.iter().cloned());
+        let config = fleetstream_receiver::Config::try_parse_from(args).unwrap_or_else(|e| panic!("{e}"));
         let app = fleetstream_receiver::Application::build(config).await.unwrap_or_else(|e| panic!("{e:#}"));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {
             let _ = stopped.await;
         }));
+        // Let the listener come up before the simulator dials.
+        tokio::time::sleep(Duration::from_millis(200)).await;
         Receiver { stop: Some(stop), task }
     }
 
@@ -123,4 +132,38 @@ async fn load_mode_summary_matches_kafka() {
     assert_eq!(ids(&records).len(), 5000, "distinct positions == acked");
     assert_eq!(records.len() as u64, summary.acked + summary.duplicate_acks, "every record in Kafka was acked once");
     assert_eq!(summary.duplicates_injected, summary.duplicate_acks);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_over_wss_with_a_private_ca_and_a_token() {
+    let broker = Broker::start().unwrap_or_else(|e| panic!("{e:#}"));
+    let topics = broker.topics(3).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap_or_else(|e| panic!("{e}"));
+    let dir = std::env::temp_dir().join(fleetstream_testkit::unique("sim-tls"));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap_or_else(|e| panic!("{e}"));
+    let port = fleetstream_testkit::free_port();
+    let tls = [
+        format!("--tls-cert={}", cert.display()),
+        format!("--tls-key={}", key.display()),
+        "--auth=token".to_string(),
+        "--auth-tokens=fleet-secret 1,2,3".to_string(),
+    ];
+    let receiver = Receiver::start_with(&broker, &topics, port, &tls).await;
+    let config = sim(&[
+        format!("--url=wss://localhost:{port}/ws"),
+        format!("--tls-ca={}", cert.display()),
+        "--token=fleet-secret".into(),
+        "--vehicles=3".into(),
+        "--interval=20ms".into(),
+        "--count=90".into(),
+    ]);
+    let summary = fleetstream_obu_sim::run(config, std::future::pending()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    receiver.stop().await;
+    assert_eq!((summary.generated, summary.acked), (90, 90), "{summary:#?}");
+    let records = broker.read(&topics.raw, 90, Duration::from_millis(500), Duration::from_secs(20)).unwrap_or_default();
+    assert_eq!(ids(&records).len(), 90);
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -100,3 +100,43 @@ async fn frame_size_rate_and_connection_limits() {
     assert_eq!(code, Some(close_code::POLICY_VIOLATION));
     assert_eq!(receiver.metric("fleetstream_receiver_connections_closed_total", Some(("reason", "abuse"))), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_wss_and_refuses_plain_text() {
+    let (broker, topics) = broker_and_topics().await;
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = std::env::temp_dir().join(fleetstream_testkit::unique("receiver-tls"));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap_or_else(|e| panic!("{e}"));
+    let receiver = spawn(config(
+        &broker,
+        &topics,
+        &[&format!("--tls-cert={}", cert.display()), &format!("--tls-key={}", key.display())],
+    ))
+    .await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap_or_else(|e| panic!("{e}"));
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let url = format!("wss://localhost:{}/ws", receiver.port);
+    let (mut ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+        url.as_str(),
+        None,
+        false,
+        Some(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(client))),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("wss connect: {e}"));
+    send(&mut ws, &position(3, 1)).await;
+    assert_eq!(next_frame(&mut ws, Duration::from_secs(10)).await, Some(ServerFrame::Ack { obu_id: 3, seq: 1 }));
+    // Plain WebSocket to a TLS port gets no upgrade.
+    assert!(connect(&receiver.url(), None).await.is_err());
+    let _ = std::fs::remove_dir_all(dir);
+}
