@@ -493,3 +493,54 @@ async fn write_frames(mut sink: futures_util::stream::SplitSink<Ws, Message>, mu
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+    use fleetstream_core::position::distance_m;
+
+    /// (seconds since start, seq, lat, lon) of every fix each vehicle generated.
+    async fn drive(seed: u64) -> Vec<Vec<(f64, u64, f64, f64)>> {
+        let config = Config::try_parse_from(["obu-sim", "--vehicles=3", &format!("--seed={seed}"), "--interval=1s", "--jitter=200ms"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let control = Control { stop_generating: CancellationToken::new(), hard_stop: CancellationToken::new(), budget: None, connector: None };
+        let mut lane = Lane::new(0, vec![1, 2, 3], 1, Arc::new(config), Arc::new(Stats::new()), control);
+        let start = Instant::now();
+        let mut tracks = vec![Vec::new(); 3];
+        for _ in 0..600 {
+            tokio::time::sleep_until(lane.next_wake()).await;
+            let before: Vec<usize> = lane.vehicles.iter().map(|v| v.pending.len()).collect();
+            lane.generate();
+            let t = start.elapsed().as_secs_f64();
+            for (i, v) in lane.vehicles.iter_mut().enumerate() {
+                for p in v.pending.iter().skip(before[i]) {
+                    let j: serde_json::Value = serde_json::from_str(&p.text).unwrap_or_default();
+                    tracks[i].push((t, p.seq, j["lat"].as_f64().unwrap_or(0.0), j["lon"].as_f64().unwrap_or(0.0)));
+                }
+                v.pending.clear(); // as if acked: keep the buffer from filling
+            }
+        }
+        tracks
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fleet_reports_are_deterministic_plausible_and_on_schedule() {
+        let (a, b, c) = (drive(9).await, drive(9).await, drive(10).await);
+        assert_eq!(a, b, "same seed, same tracks and report times");
+        assert_ne!(a, c, "another seed, other tracks");
+        for track in &a {
+            assert!(track.len() > 150, "{} reports", track.len());
+            for w in track.windows(2) {
+                let ((t0, s0, la0, lo0), (t1, s1, la1, lo1)) = (w[0], w[1]);
+                assert_eq!(s1, s0 + 1, "seq rises by one");
+                let dt = t1 - t0;
+                assert!((0.79..=1.21).contains(&dt), "report interval {dt} s outside 1 s ± 200 ms");
+                assert!(crate::config::Area::BERLIN.contains(la1, lo1));
+                // 90 km/h is 25 m/s; GPS noise (3 m each way per axis) adds at most ~8.5 m.
+                let implied = (distance_m(la0, lo0, la1, lo1) - 8.5).max(0.0) / dt;
+                assert!(implied <= 25.0 + 1e-6, "implied {implied} m/s");
+            }
+        }
+    }
+}
