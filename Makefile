@@ -22,6 +22,7 @@ demo:
 test:
 	scripts/kafka-local install
 	$(CARGO) test --workspace --locked
+	scripts/check-ops
 	scripts/config-docs --check
 
 bench:
