@@ -18,6 +18,8 @@ use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+pub mod postgres;
+
 pub const NISSHI_VERSION: &str = "0.8.1";
 
 /// Where the broker binary is.
@@ -286,4 +288,15 @@ impl Record {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.payload).into_owned()
     }
+}
+
+/// Sum of a metric's samples in Prometheus text format, optionally only those with a label
+/// `key="value"`.
+pub fn metric_value(text: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{')))
+        .filter(|l| label.is_none_or(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
 }

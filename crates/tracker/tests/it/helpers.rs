@@ -1,0 +1,280 @@
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser as _;
+use rdkafka::producer::FutureProducer;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use fleetstream_core::{now_ms, ProcessedPosition, VehicleLatest};
+use fleetstream_testkit::postgres::Postgres;
+use fleetstream_testkit::{unique, Broker, Topics};
+use fleetstream_tracker::{Application, Config, Metrics, Store};
+
+/// The two storage backends every storage test runs against.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty database of one backend. Deleted (or its server stopped) on drop.
+pub struct Db {
+    pub url: String,
+    pub pg: Option<Postgres>,
+    file: Option<PathBuf>,
+}
+
+impl Db {
+    pub fn new(backend: Backend) -> Db {
+        match backend {
+            Backend::Sqlite => {
+                let file = std::env::temp_dir().join(format!("{}.db", unique("tracker")));
+                Db { url: format!("sqlite://{}", file.display()), pg: None, file: Some(file) }
+            }
+            Backend::Postgres => {
+                let pg = Postgres::start().unwrap_or_else(|e| panic!("{e:#}"));
+                let url = pg.create_database("tracker").unwrap_or_else(|e| panic!("{e:#}"));
+                Db { url, pg: Some(pg), file: None }
+            }
+        }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Some(f) = &self.file {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", f.display()));
+            }
+        }
+    }
+}
+
+/// A tracker running in this process on a free port.
+pub struct TestTracker {
+    pub port: u16,
+    pub metrics: Metrics,
+    pub store: Store,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The flags every test tracker gets.
+pub fn flags(broker: &Broker, topics: &Topics, db: &str, group: &str) -> Vec<String> {
+    vec![
+        "tracker".into(),
+        format!("--kafka-brokers={}", broker.brokers()),
+        "--listen=127.0.0.1:0".into(),
+        format!("--database-url={db}"),
+        format!("--group-id={group}"),
+        format!("--positions-topic={}", topics.positions),
+        format!("--latest-topic={}", topics.latest),
+        "--flush-interval=200ms".into(),
+        // No tiles: nothing may leave 127.0.0.1 in tests.
+        "--tile-url=".into(),
+        "--log-level=warn".into(),
+    ]
+}
+
+impl TestTracker {
+    pub async fn spawn(broker: &Broker, topics: &Topics, db: &Db, extra: &[&str]) -> TestTracker {
+        Self::spawn_in_group(broker, topics, db, &unique("tracker"), extra).await
+    }
+
+    pub async fn spawn_in_group(broker: &Broker, topics: &Topics, db: &Db, group: &str, extra: &[&str]) -> TestTracker {
+        let mut args = flags(broker, topics, &db.url, group);
+        // An extra flag replaces the default of the same name (clap takes each flag once).
+        let name = |s: &str| s.split('=').next().unwrap_or_default().to_string();
+        args.retain(|a| !extra.iter().any(|e| name(e) == name(a)));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let config = Config::try_parse_from(args).unwrap_or_else(|e| panic!("{e}"));
+        fleetstream_core::telemetry::init(&config.log);
+        let app = Application::build(config).await.unwrap_or_else(|e| panic!("tracker: {e:#}"));
+        let (port, metrics, store) = (app.port(), app.metrics(), app.store());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        let http = reqwest::Client::builder().no_proxy().build().unwrap_or_else(|e| panic!("{e}"));
+        let t = TestTracker { port, metrics, store, http, stop: Some(stop), handle: Some(handle) };
+        t.wait_ready().await;
+        t
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// GET, returning the status and the body as JSON (Null if it is not JSON).
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).send().await.unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    /// GET, expecting 200.
+    pub async fn get_ok(&self, path: &str) -> Value {
+        let (status, body) = self.get(path).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    async fn wait_ready(&self) {
+        let ok = eventually(Duration::from_secs(60), || async {
+            self.http.get(self.url("/readyz")).send().await.is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        assert!(ok, "the tracker did not become ready");
+    }
+
+    pub fn metric(&self, name: &str, label: Option<(&str, &str)>) -> f64 {
+        metric(&self.metrics, name, label)
+    }
+
+    /// Waits until `name` reaches `at_least`; panics with the value it got stuck at.
+    pub async fn wait_metric(&self, name: &str, at_least: f64) {
+        let reached = eventually(Duration::from_secs(60), || async { self.metric(name, None) >= at_least }).await;
+        assert!(reached, "{name} stayed at {} (expected {at_least})", self.metric(name, None));
+    }
+
+    /// Graceful shutdown, as on SIGTERM; returns what run_until_stopped returned.
+    pub async fn shutdown(&mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        match self.handle.take() {
+            Some(h) => h.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestTracker {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+pub fn metric(metrics: &Metrics, name: &str, label: Option<(&str, &str)>) -> f64 {
+    let text = fleetstream_core::telemetry::render(&metrics.registry);
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{')))
+        .filter(|l| label.is_none_or(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// Polls `check` until it holds or `within` passes. Waits for a state; asserts no speed.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn broker_and_topics(partitions: i32) -> (Broker, Topics) {
+    let broker = Broker::start().unwrap_or_else(|e| panic!("{e:#}"));
+    let topics = broker.topics(partitions).await.unwrap_or_else(|e| panic!("{e:#}"));
+    (broker, topics)
+}
+
+/// A position as the processor writes it to `positions`.
+pub fn position(obu_id: u64, seq: u64, ts: i64, lat: f64, lon: f64) -> ProcessedPosition {
+    ProcessedPosition {
+        obu_id,
+        seq,
+        ts,
+        lat,
+        lon,
+        speed: Some(36.0),
+        heading: Some(90.0),
+        speed_computed: false,
+        heading_computed: false,
+        distance_m: 10.0,
+        received_at: Some(ts + 5),
+        processed_at: ts + 9,
+        out_of_order: false,
+    }
+}
+
+pub async fn produce_positions(producer: &FutureProducer, topic: &str, positions: &[ProcessedPosition]) {
+    for p in positions {
+        let payload = serde_json::to_vec(p).unwrap_or_else(|e| panic!("{e}"));
+        fleetstream_testkit::produce_with(producer, topic, Some(&p.obu_id.to_string()), &payload, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+}
+
+pub async fn produce_latest(producer: &FutureProducer, topic: &str, positions: &[ProcessedPosition]) {
+    for p in positions {
+        let latest = VehicleLatest { position: p.clone(), seen_below: u64::MAX };
+        let payload = serde_json::to_vec(&latest).unwrap_or_else(|e| panic!("{e}"));
+        fleetstream_testkit::produce_with(producer, topic, Some(&p.obu_id.to_string()), &payload, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+}
+
+/// `n` positions of one vehicle, one a second, ending `ends_ago` ms before now, moving north-east.
+pub fn drive(obu_id: u64, n: u64, ends_ago: i64, lat0: f64, lon0: f64) -> Vec<ProcessedPosition> {
+    let end = now_ms() - ends_ago;
+    (1..=n)
+        .map(|seq| {
+            let ts = end - (n - seq) as i64 * 1000;
+            position(obu_id, seq, ts, lat0 + seq as f64 * 0.0005, lon0 + seq as f64 * 0.0007)
+        })
+        .collect()
+}
+
+/// The seqs of a track response, in response order.
+pub fn seqs(track: &Value) -> Vec<u64> {
+    track["points"].as_array().map(|a| a.iter().filter_map(|p| p["seq"].as_u64()).collect()).unwrap_or_default()
+}
+
+/// Generates one `#[tokio::test]` per backend for an `async fn(Backend)`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+/// Coordinates equal to a nanodegree: serde_json's fast float parsing may differ from the
+/// shortest round-trip form in the last bit.
+pub fn near(got: &Value, want: f64) -> bool {
+    got.as_f64().is_some_and(|g| (g - want).abs() < 1e-9)
+}
