@@ -28,12 +28,7 @@ impl TestProcessor {
 
     pub fn metric(&self, name: &str, label: Option<(&str, &str)>) -> f64 {
         let text = fleetstream_core::telemetry::render(&self.metrics.registry);
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{')))
-            .filter(|l| label.map_or(true, |(k, v)| l.contains(&format!("{k}=\"{v}\""))))
-            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-            .sum()
+        fleetstream_testkit::metric_value(&text, name, label)
     }
 }
 

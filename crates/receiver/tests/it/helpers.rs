@@ -45,17 +45,8 @@ impl TestReceiver {
     /// A metric's value as text-format line value (sum over label sets matching `labels`).
     pub fn metric(&self, name: &str, label: Option<(&str, &str)>) -> f64 {
         let text = fleetstream_core::telemetry::render(&self.metrics.registry);
-        metric_value(&text, name, label)
+        fleetstream_testkit::metric_value(&text, name, label)
     }
-}
-
-pub fn metric_value(text: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{')))
-        .filter(|l| label.map_or(true, |(k, v)| l.contains(&format!("{k}=\"{v}\""))))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
 }
 
 impl Drop for TestReceiver {
