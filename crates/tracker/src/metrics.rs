@@ -42,6 +42,21 @@ impl Metrics {
             vehicles: t::gauge(&r, "fleetstream_tracker_vehicles", "Vehicles with a latest position."),
             registry: r,
         }
+        .with_known_labels()
+    }
+}
+
+impl Metrics {
+    /// Every bounded label value starts at 0, so /metrics lists the series (and rate() works)
+    /// before the first occurrence.
+    pub(crate) fn with_known_labels(self) -> Self {
+        for op in ["write", "seed", "count", "latest", "vehicle", "track", "prune"] {
+            let _ = self.db_errors.with_label_values(&[op]);
+        }
+        for reason in ["undecodable", "out_of_range"] {
+            let _ = self.skipped.with_label_values(&[reason]);
+        }
+        self
     }
 }
 

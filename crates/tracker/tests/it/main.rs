@@ -2,5 +2,7 @@
 //! service on a free port, real HTTP, and the map in a real headless Chromium.
 
 mod api;
+mod cdp;
 mod helpers;
+mod map;
 mod storage;
