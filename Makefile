@@ -5,7 +5,7 @@ export KAFKA_BROKERS ?= 127.0.0.1:9092
 # Local runs need no device tokens; the compose file turns authentication on.
 export RECEIVER_AUTH ?= none
 
-.PHONY: help demo test bench broker broker-stop receiver producer consumer build clippy fmt
+.PHONY: help demo test bench broker broker-stop receiver producer consumer tracker build clippy fmt
 
 help:
 	@echo "make demo       broker + receiver + processor + simulated fleet, with live counts"
@@ -15,12 +15,14 @@ help:
 	@echo "make receiver   the WebSocket receiver (ws://127.0.0.1:30000/ws)"
 	@echo "make producer   the OBU simulator (fleet mode; SIM_* env vars configure it)"
 	@echo "make consumer   the processor (validates, routes, dead-letters)"
+	@echo "make tracker    the tracker: history, query API and live map (http://127.0.0.1:30002/)"
 
 demo:
 	scripts/demo
 
 test:
 	scripts/kafka-local install
+	scripts/test-deps
 	$(CARGO) test --workspace --locked
 	scripts/check-ops
 	scripts/config-docs --check
@@ -45,6 +47,9 @@ producer:
 
 consumer:
 	$(CARGO) run --locked -p fleetstream-processor --bin processor
+
+tracker:
+	mkdir -p .local && DATABASE_URL="$${DATABASE_URL:-sqlite://.local/tracker.db}" $(CARGO) run --locked -p fleetstream-tracker --bin tracker
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets --locked
