@@ -177,7 +177,19 @@
     document.getElementById('sel-info').textContent = parts.filter(Boolean).join(' · ');
   }
 
+  // The selection lives in the address (#vehicle=17), so a link opens the map on a vehicle.
+  function setHash(id) {
+    var hash = id == null ? '' : '#vehicle=' + id;
+    if (location.hash !== hash) history.replaceState(null, '', location.pathname + location.search + hash);
+  }
+
+  function hashVehicle() {
+    var m = /^#vehicle=(\d+)$/.exec(location.hash);
+    return m ? Number(m[1]) : null;
+  }
+
   function clearSelection() {
+    setHash(null);
     if (state.trail) { state.trail.remove(); state.trail = null; }
     var previous = state.selected;
     state.selected = null;
@@ -193,6 +205,7 @@
     state.selected = id;
     var v = state.vehicles.get(id);
     if (!v) return;
+    setHash(id);
     tagMarker(state.markers.get(id), v);
     renderRow(v);
     if (pan) map.panTo([v.lat, v.lon]);
@@ -258,7 +271,10 @@
     L.control.scale().addTo(map);
     connectLive();
     setInterval(tick, 1000);
-    return loadVehicles();
+    return loadVehicles().then(function () {
+      var id = hashVehicle();
+      if (id != null && state.vehicles.has(id)) select(id, true);
+    });
   }).catch(function (e) {
     notice('Cannot reach the tracker: ' + e.message);
   });

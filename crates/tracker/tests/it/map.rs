@@ -120,6 +120,7 @@ async fn markers_appear_move_and_show_their_trail_in_a_real_browser() {
     let selected = browser.eval("[document.querySelector('#vehicles li.selected')?.dataset.obuId, document.getElementById('sel-id').textContent]").await;
     assert_eq!(selected, serde_json::json!(["3", "3"]));
     assert_eq!(browser.eval(&format!("({MARKER})(3).selected")).await, true);
+    assert_eq!(browser.eval("location.hash").await, "#vehicle=3", "the selection is linkable");
     let next = route(3, 41, 0).pop().unwrap_or_else(|| panic!("route"));
     produce_positions(&producer, &topics.positions, &[next]).await;
     let grown = browser.wait_for("+document.querySelector('path.trail[data-obu-id=\"3\"]').dataset.points === 41", WAIT).await;
