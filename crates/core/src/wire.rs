@@ -81,8 +81,37 @@ pub fn parse_frame(text: &str, max_positions: usize) -> Result<Vec<Element<'_>>,
     Ok(raws.into_iter().map(|raw| parse_element(raw.get())).collect())
 }
 
+/// The shape of a well-formed current-format position, for the fast path.
+#[derive(serde::Deserialize)]
+struct Fast {
+    obu_id: u64,
+    seq: u64,
+    ts: i64,
+    lat: f64,
+    lon: f64,
+    #[serde(default)]
+    speed: Option<f64>,
+    #[serde(default)]
+    heading: Option<f64>,
+}
+
 /// Parses one position object given as JSON text (an array element, or a `gpscoords` value).
 pub fn parse_element(raw: &str) -> Element<'_> {
+    // Almost every position is well formed: deserialize it straight into its fields, and only
+    // take the slower generic path to explain exactly what is wrong with one that is not.
+    if let Ok(f) = serde_json::from_str::<Fast>(raw) {
+        let parsed = WirePosition {
+            obu_id: f.obu_id,
+            seq: Some(f.seq),
+            ts: Some(f.ts),
+            lat: f.lat,
+            lon: f.lon,
+            speed: f.speed,
+            heading: f.heading,
+            legacy: false,
+        };
+        return Element { raw, parsed: Ok(parsed), obu_id: Some(f.obu_id), seq: Some(f.seq) };
+    }
     let value: Value = match serde_json::from_str(raw) {
         Ok(v) => v,
         Err(e) => {

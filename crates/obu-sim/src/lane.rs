@@ -288,6 +288,7 @@ impl Lane {
                 };
                 let room = self.config.max_in_flight.saturating_sub(self.unacked) as u64;
                 let n = self.control.take_budget(due.min(room));
+                self.generated += n;
                 for _ in 0..n {
                     let i = self.round_robin % self.vehicles.len().max(1);
                     self.round_robin += 1;

@@ -46,6 +46,7 @@ pub struct Application {
     listener: TcpListener,
     consumer: BaseConsumer<pipeline::Context>,
     producer: FutureProducer,
+    reader: BaseConsumer,
     events: Arc<Mutex<Vec<pipeline::RebalanceEvent>>>,
     metrics: Metrics,
     health: Health,
@@ -118,6 +119,7 @@ impl Application {
         let context = pipeline::Context { events: events.clone(), metrics: metrics.clone() };
         let consumer: BaseConsumer<pipeline::Context> = consumer_config.create_with_context(context).context("cannot create Kafka consumer")?;
         consumer.subscribe(&[&config.input_topic]).context("cannot subscribe")?;
+        let reader = restore::reader(&config)?;
 
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         tracing::info!(
@@ -129,7 +131,7 @@ impl Application {
             partitions = input_partitions,
             "processor started"
         );
-        Ok(Application { config: Arc::new(config), listener, consumer, producer, events, metrics, health: Health::new() })
+        Ok(Application { config: Arc::new(config), listener, consumer, producer, reader, events, metrics, health: Health::new() })
     }
 
     /// The bound ops port.
@@ -163,6 +165,7 @@ impl Application {
             partitions: HashMap::new(),
             assigned: Vec::new(),
             next_offset: HashMap::new(),
+            reader: self.reader,
         };
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()

@@ -29,6 +29,7 @@ use fleetstream_core::{now_ms, Position, ProcessedPosition};
 
 use crate::metrics::Metrics;
 use crate::restore::{restore, PartitionState};
+use rdkafka::consumer::DefaultConsumerContext;
 use crate::rules::Verdict;
 use crate::state::VehicleState;
 use crate::{Config, HEADER_SRC_OFFSET, HEADER_SRC_PARTITION};
@@ -100,6 +101,8 @@ pub(crate) struct Pipeline {
     pub assigned: Vec<i32>,
     /// Next offset to process per partition, for the lag gauge.
     pub next_offset: HashMap<i32, i64>,
+    /// Reads the output topics back when a partition's state is rebuilt.
+    pub reader: BaseConsumer<DefaultConsumerContext>,
 }
 
 impl Pipeline {
@@ -196,9 +199,19 @@ impl Pipeline {
                     }
                 }
             }
+            let t_decide = Instant::now();
             let decisions = self.decide(&by_partition);
+            let t_write = Instant::now();
             match self.write_outputs(&by_partition, &decisions, attempt) {
-                Ok(()) => break,
+                Ok(()) => {
+                    tracing::debug!(
+                        records = by_partition.values().map(Vec::len).sum::<usize>(),
+                        decide_ms = (t_write - t_decide).as_secs_f64() * 1e3,
+                        write_ms = t_write.elapsed().as_secs_f64() * 1e3,
+                        "batch outputs written"
+                    );
+                    break;
+                }
                 Err(error) => {
                     self.metrics.retries.with_label_values(&["produce"]).inc();
                     self.health.set_not_ready(format!("writing outputs failed: {error}"));
@@ -222,7 +235,13 @@ impl Pipeline {
                 return false;
             }
         }
+        let t_commit = Instant::now();
         self.commit(&by_partition);
+        tracing::debug!(
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            commit_ms = t_commit.elapsed().as_secs_f64() * 1e3,
+            "batch committed"
+        );
         self.health.set_ready();
         self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
         true
@@ -232,7 +251,7 @@ impl Pipeline {
         let mut attempt = 0;
         loop {
             let started = Instant::now();
-            match restore(&self.config, partition, resume_from) {
+            match restore(&self.reader, &self.config, partition, resume_from) {
                 Ok(state) => {
                     self.metrics.state_loads.inc();
                     self.metrics.state_load_seconds.observe(started.elapsed().as_secs_f64());

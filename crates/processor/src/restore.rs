@@ -41,7 +41,9 @@ const CHUNK: i64 = 2_000;
 /// A read that makes no progress for this long fails (and is retried by the caller).
 const STALL: Duration = Duration::from_secs(15);
 
-pub fn restore(config: &Config, partition: i32, resume_from: i64) -> anyhow::Result<PartitionState> {
+/// A consumer used only with `assign`, kept for the life of the processor so that a restore
+/// costs a few round trips, not a new connection.
+pub fn reader(config: &Config) -> anyhow::Result<BaseConsumer> {
     let mut client = config.kafka.client_config();
     client
         .set("group.id", format!("{}-restore", config.group_id))
@@ -49,17 +51,21 @@ pub fn restore(config: &Config, partition: i32, resume_from: i64) -> anyhow::Res
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest");
     config.kafka.apply_overrides(&mut client);
-    let reader: BaseConsumer = client.create().context("cannot create state reader")?;
+    client.create().context("cannot create state reader")
+}
+
+pub fn restore(reader: &BaseConsumer, config: &Config, partition: i32, resume_from: i64) -> anyhow::Result<PartitionState> {
+    let reader = reader;
     let mut state = PartitionState::default();
 
     let (low, high) = reader.fetch_watermarks(&config.latest_topic, partition, Duration::from_secs(10))?;
-    read_range(&reader, &config.latest_topic, partition, low, high, |m| {
+    read_range(reader, &config.latest_topic, partition, low, high, |m| {
         if let Some(latest) = m.payload().and_then(|b| serde_json::from_slice::<VehicleLatest>(b).ok()) {
             state.vehicles.insert(latest.position.obu_id, VehicleState::from_latest(latest));
         }
     })?;
 
-    let tail = scan_tail(&reader, &config.positions_topic, partition, resume_from, |m| header_i64(m, HEADER_SRC_OFFSET))?;
+    let tail = scan_tail(reader, &config.positions_topic, partition, resume_from, |m| header_i64(m, HEADER_SRC_OFFSET))?;
     for (src_offset, payload) in tail {
         state.written.insert(src_offset);
         if let Ok(p) = serde_json::from_slice::<ProcessedPosition>(&payload) {
@@ -73,7 +79,7 @@ pub fn restore(config: &Config, partition: i32, resume_from: i64) -> anyhow::Res
     }
 
     let input = config.input_topic.as_str();
-    let dlq_tail = scan_tail(&reader, &config.dlq_topic, partition, resume_from, |m| {
+    let dlq_tail = scan_tail(reader, &config.dlq_topic, partition, resume_from, |m| {
         let ours = header_str(m, dlq::STAGE) == Some("processor")
             && header_str(m, dlq::TOPIC) == Some(input)
             && header_i64(m, dlq::PARTITION) == Some(partition as i64);

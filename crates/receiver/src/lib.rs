@@ -45,6 +45,9 @@ pub use config::{AuthMode, Config};
 pub use connection::{close_code, HEADER_FORMAT, HEADER_RECEIVED_AT, HEADER_RECEIVER};
 pub use metrics::Metrics;
 
+/// Socket read buffer and write batching threshold of each WebSocket connection.
+const WS_BUFFER_BYTES: usize = 8 * 1024;
+
 /// State shared by every connection of the process.
 pub(crate) struct Shared {
     config: Config,
@@ -225,7 +228,13 @@ async fn upgrade(
         return (StatusCode::SERVICE_UNAVAILABLE, "receiver shutting down\n").into_response();
     }
     let hard_cap = shared.config.max_frame_bytes.saturating_mul(4).max(1024);
-    let ws = ws.max_message_size(hard_cap).max_frame_size(hard_cap);
+    // tungstenite's default 128 KiB read buffer per connection would dominate the memory of
+    // 10k idle connections; frames larger than the buffer are still read, in several reads.
+    let ws = ws
+        .max_message_size(hard_cap)
+        .max_frame_size(hard_cap)
+        .read_buffer_size(WS_BUFFER_BYTES)
+        .write_buffer_size(WS_BUFFER_BYTES);
     let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
         shared.metrics.connections_refused.with_label_values(&[Reason::TooManyConnections.as_str()]).inc();
         let limit = shared.config.max_connections;
