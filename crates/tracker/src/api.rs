@@ -64,7 +64,7 @@ impl AppState {
     /// A database failure: logged and counted here; the client learns only that it failed.
     fn db_error(&self, op: &'static str, error: StoreError) -> ApiError {
         self.metrics.db_errors.with_label_values(&[op]).inc();
-        tracing::warn!(%error, op, "database query failed");
+        tracing::warn!(error = error.chain(), op, "database query failed");
         ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "database_unavailable",

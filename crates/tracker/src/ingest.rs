@@ -157,8 +157,9 @@ impl Ingest {
                 Err(error) => {
                     attempt += 1;
                     self.metrics.db_errors.with_label_values(&["write"]).inc();
+                    let error = error.chain();
                     self.health.set_not_ready(format!("database write failed: {error}"));
-                    tracing::warn!(%error, attempt, positions = positions.len(), "database write failed; retrying");
+                    tracing::warn!(error, attempt, positions = positions.len(), "database write failed; retrying");
                     if !self.backoff(attempt).await {
                         tracing::warn!(positions = positions.len(), "gave up on the batch in hand; it will be read again after a restart");
                         return false;
@@ -217,7 +218,7 @@ impl Ingest {
             Ok(n) => self.metrics.vehicles.set(n),
             Err(error) => {
                 self.metrics.db_errors.with_label_values(&["count"]).inc();
-                tracing::debug!(%error, "cannot count vehicles");
+                tracing::debug!(error = error.chain(), "cannot count vehicles");
             }
         }
     }
@@ -253,7 +254,7 @@ impl Ingest {
                             Ok(n) => changed += n,
                             Err(error) => {
                                 self.metrics.db_errors.with_label_values(&["seed"]).inc();
-                                failed = Some(anyhow::anyhow!("writing the seed: {error}"));
+                                failed = Some(anyhow::anyhow!("writing the seed: {}", error.chain()));
                                 break;
                             }
                         }

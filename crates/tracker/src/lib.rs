@@ -198,7 +198,7 @@ async fn prune(store: Store, metrics: Metrics, config: Arc<Config>, stop: Cancel
             }
             Err(error) => {
                 metrics.db_errors.with_label_values(&["prune"]).inc();
-                tracing::warn!(%error, "pruning old positions failed; trying again next interval");
+                tracing::warn!(error = error.chain(), "pruning old positions failed; trying again next interval");
             }
         }
         tokio::select! {

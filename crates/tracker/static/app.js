@@ -226,8 +226,18 @@
   function connectLive() {
     var source = new EventSource('/api/live');
     var text = document.getElementById('live-text');
-    source.onopen = function () { document.body.setAttribute('data-live', 'open'); text.textContent = 'live'; };
-    source.onerror = function () { document.body.setAttribute('data-live', 'error'); text.textContent = 'reconnecting…'; };
+    var dropped = false;
+    source.onopen = function () {
+      document.body.setAttribute('data-live', 'open');
+      text.textContent = 'live';
+      // The feed does not replay what was missed while it was down: the list catches up.
+      if (dropped) { dropped = false; loadVehicles().catch(function () {}); }
+    };
+    source.onerror = function () {
+      dropped = true;
+      document.body.setAttribute('data-live', 'error');
+      text.textContent = 'reconnecting…';
+    };
     source.addEventListener('position', function (e) {
       var v;
       try { v = JSON.parse(e.data); } catch (_) { return; }

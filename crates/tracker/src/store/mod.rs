@@ -42,6 +42,24 @@ pub enum StoreError {
     OutOfRange(u64),
 }
 
+impl StoreError {
+    /// The error with its causes ("pool: creating a connection: connection refused"): the
+    /// drivers' own messages often name only the outermost step.
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(e) = source {
+            let text = e.to_string();
+            if !out.contains(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            source = e.source();
+        }
+        out
+    }
+}
+
 /// A latitude/longitude rectangle. `min_lon > max_lon` means it crosses the antimeridian.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Bbox {
