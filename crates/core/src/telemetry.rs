@@ -33,8 +33,9 @@ pub fn init(args: &LogArgs) {
     let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match args.log_format {
-        LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true)).try_init(),
-        LogFormat::Human => registry.with(fmt::layer()).try_init(),
+        // Logs go to stderr: stdout stays clean for what a tool prints (the simulator's --json).
+        LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true).with_writer(std::io::stderr)).try_init(),
+        LogFormat::Human => registry.with(fmt::layer().with_writer(std::io::stderr)).try_init(),
     };
 }
 

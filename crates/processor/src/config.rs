@@ -47,7 +47,7 @@ pub struct Config {
     pub batch_size: usize,
 
     /// Longest a batch waits to fill before it is processed.
-    #[arg(long, env = "PROCESSOR_BATCH_WAIT", default_value = "20ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "PROCESSOR_BATCH_WAIT", default_value = "5ms", value_parser = humantime::parse_duration)]
     pub batch_wait: Duration,
 
     /// First delay before retrying a failed write; doubles per attempt, with jitter.

@@ -113,6 +113,9 @@ impl Application {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
+            // Kafka answers a fetch as soon as data arrives; a broker that does not (nisshi) would
+            // otherwise hold each fetch for librdkafka's default 500 ms and add it to latency.
+            .set("fetch.wait.max.ms", "10")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000");
         config.kafka.apply_overrides(&mut consumer_config);

@@ -40,6 +40,8 @@ fn main() -> anyhow::Result<()> {
         .set("bootstrap.servers", &args.brokers)
         .set("group.id", format!("latency-probe-{}", std::process::id()))
         .set("enable.auto.commit", "false")
+        // The probe's own fetch wait would add to every measurement.
+        .set("fetch.wait.max.ms", "5")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(&args.topic), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
