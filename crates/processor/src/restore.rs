@@ -55,7 +55,6 @@ pub fn reader(config: &Config) -> anyhow::Result<BaseConsumer> {
 }
 
 pub fn restore(reader: &BaseConsumer, config: &Config, partition: i32, resume_from: i64) -> anyhow::Result<PartitionState> {
-    let reader = reader;
     let mut state = PartitionState::default();
 
     let (low, high) = reader.fetch_watermarks(&config.latest_topic, partition, Duration::from_secs(10))?;

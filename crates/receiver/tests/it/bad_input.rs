@@ -18,7 +18,8 @@ async fn each_bad_input_gets_its_reason_a_metric_and_a_dlq_record() {
     let mut ws = connect(&receiver.url(), None).await.unwrap_or_else(|e| panic!("{e}"));
     let ts = fleetstream_core::now_ms();
     // (frame, reason, obu_id and seq the error frame must name, message fragment)
-    let cases: Vec<(String, Reason, Option<(u64, u64)>, &str)> = vec![
+    type Case<'a> = (String, Reason, Option<(u64, u64)>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         ("hello receiver".into(), Reason::MalformedJson, None, "not valid JSON"),
         ("42".into(), Reason::WrongShape, None, "position object"),
         (format!(r#"{{"obu_id":1,"seq":1,"ts":{ts},"lat":52.5}}"#), Reason::MissingField, Some((1, 1)), "`lon`"),
