@@ -95,6 +95,27 @@ impl KafkaArgs {
         config
     }
 
+    /// A consumer-group member that commits by hand: offsets are stored and committed only
+    /// when the service says its outputs are durable, and a new group starts from the earliest
+    /// record (nothing is skipped). Cooperative rebalancing moves only the partitions that
+    /// change owner. Overrides apply last.
+    pub fn consumer_config(&self, group_id: &str) -> ClientConfig {
+        let mut config = self.client_config();
+        config
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            // Kafka answers a fetch as soon as data arrives; a broker that does not (nisshi)
+            // would otherwise hold each fetch for librdkafka's default 500 ms.
+            .set("fetch.wait.max.ms", "10")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
+        self.apply_overrides(&mut config);
+        config
+    }
+
     /// An admin client, for creating topics and reading metadata.
     pub fn admin(&self) -> anyhow::Result<AdminClient<DefaultClientContext>> {
         let mut config = self.client_config();

@@ -101,24 +101,10 @@ impl Application {
             }
         }
 
-        let mut producer_config = config.kafka.producer_config(&config.producer);
-        config.kafka.apply_overrides(&mut producer_config);
-        let producer: FutureProducer = producer_config.create().context("cannot create Kafka producer")?;
+        let producer: FutureProducer = config.kafka.producer_config(&config.producer).create().context("cannot create Kafka producer")?;
 
         let events = Arc::new(Mutex::new(Vec::new()));
-        let mut consumer_config = config.kafka.client_config();
-        consumer_config
-            .set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            // Kafka answers a fetch as soon as data arrives; a broker that does not (nisshi) would
-            // otherwise hold each fetch for librdkafka's default 500 ms and add it to latency.
-            .set("fetch.wait.max.ms", "10")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000");
-        config.kafka.apply_overrides(&mut consumer_config);
+        let consumer_config = config.kafka.consumer_config(&config.group_id);
         let context = pipeline::Context { events: events.clone(), metrics: metrics.clone() };
         let consumer: BaseConsumer<pipeline::Context> = consumer_config.create_with_context(context).context("cannot create Kafka consumer")?;
         consumer.subscribe(&[&config.input_topic]).context("cannot subscribe")?;

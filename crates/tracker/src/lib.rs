@@ -63,16 +63,7 @@ impl Application {
             .await
             .with_context(|| format!("cannot open the database ({})", redact_url(&config.database_url)))?;
 
-        let mut consumer_config = config.kafka.client_config();
-        consumer_config
-            .set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000");
-        config.kafka.apply_overrides(&mut consumer_config);
+        let consumer_config = config.kafka.consumer_config(&config.group_id);
         let consumer: ingest::PositionsConsumer =
             consumer_config.create_with_context(ingest::Context).context("cannot create Kafka consumer")?;
         consumer.subscribe(&[&config.positions_topic]).context("cannot subscribe")?;
