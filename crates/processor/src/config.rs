@@ -59,6 +59,13 @@ pub struct Config {
     #[arg(long, env = "PROCESSOR_RETRY_MAX", default_value = "10s", value_parser = humantime::parse_duration)]
     pub retry_max: Duration,
 
+    /// Kafka transactions: with an id, each batch's outputs and its input offsets are committed
+    /// atomically (Apache Kafka; not the nisshi test broker). Every processor instance needs
+    /// its own stable id (e.g. the pod name). Without one, exactly-once rests on the state
+    /// rebuild alone (docs/processing.md).
+    #[arg(long, env = "PROCESSOR_TRANSACTIONAL_ID")]
+    pub transactional_id: Option<String>,
+
     /// How long to wait on shutdown for the batch in hand to be written and committed.
     #[arg(long, env = "PROCESSOR_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,

@@ -101,7 +101,18 @@ impl Application {
             }
         }
 
-        let producer: FutureProducer = config.kafka.producer_config(&config.producer).create().context("cannot create Kafka producer")?;
+        let mut producer_config = config.kafka.producer_config(&config.producer);
+        if let Some(id) = &config.transactional_id {
+            producer_config.set("transactional.id", id);
+        }
+        let producer: FutureProducer = producer_config.create().context("cannot create Kafka producer")?;
+        if config.transactional_id.is_some() {
+            // Fences any earlier producer with the same id and aborts what it left open.
+            let p = producer.clone();
+            tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(30)))
+                .await?
+                .context("cannot initialise Kafka transactions (does the broker support them?)")?;
+        }
 
         let events = Arc::new(Mutex::new(Vec::new()));
         let consumer_config = config.kafka.consumer_config(&config.group_id);

@@ -17,7 +17,7 @@ use rand::Rng as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -181,8 +181,20 @@ impl Pipeline {
         self.metrics.batch_records.observe(batch.len() as f64);
         let mut by_partition: BTreeMap<i32, Vec<OwnedMessage>> = BTreeMap::new();
         for m in batch {
-            by_partition.entry(m.partition()).or_default().push(m);
+            // A record at an offset this instance already processed (a redelivery after a
+            // fetch-position reset) is skipped here: its outputs are written and committed.
+            let p = m.partition();
+            let floor = by_partition.get(&p).and_then(|v| v.last()).map(|l| l.offset() + 1).or_else(|| self.next_offset.get(&p).copied());
+            if floor.is_some_and(|f| m.offset() < f) {
+                self.metrics.replayed.inc();
+                continue;
+            }
+            by_partition.entry(p).or_default().push(m);
         }
+        if by_partition.is_empty() {
+            return true;
+        }
+        let transactional = self.config.transactional_id.is_some();
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -202,7 +214,12 @@ impl Pipeline {
             let t_decide = Instant::now();
             let decisions = self.decide(&by_partition);
             let t_write = Instant::now();
-            match self.write_outputs(&by_partition, &decisions, attempt) {
+            let written = if transactional {
+                self.transaction(&by_partition, &decisions, attempt)
+            } else {
+                self.write_outputs(&by_partition, &decisions, attempt)
+            };
+            match written {
                 Ok(()) => {
                     tracing::debug!(
                         records = by_partition.values().map(Vec::len).sum::<usize>(),
@@ -216,6 +233,17 @@ impl Pipeline {
                     self.metrics.retries.with_label_values(&["produce"]).inc();
                     self.health.set_not_ready(format!("writing outputs failed: {error}"));
                     tracing::warn!(%error, attempt, "writing outputs failed; rebuilding state and retrying");
+                    if let KafkaError::Transaction(e) = &error {
+                        if e.is_fatal() {
+                            tracing::error!(%error, "fatal transaction error (fenced by a newer instance?); stopping");
+                            return false;
+                        }
+                    }
+                    if transactional {
+                        if let Err(error) = self.producer.abort_transaction(Duration::from_secs(30)) {
+                            tracing::warn!(%error, "aborting the transaction failed");
+                        }
+                    }
                     for p in by_partition.keys() {
                         self.partitions.remove(p);
                     }
@@ -225,18 +253,24 @@ impl Pipeline {
                 }
             }
         }
-        let mut attempt = 0u32;
-        while let Err(error) = self.write_latest(&by_partition) {
-            attempt += 1;
-            self.metrics.retries.with_label_values(&["latest"]).inc();
-            self.health.set_not_ready(format!("writing vehicle-latest failed: {error}"));
-            tracing::warn!(%error, attempt, "writing vehicle-latest failed; retrying");
-            if !self.backoff(attempt) {
-                return false;
-            }
-        }
         let t_commit = Instant::now();
-        self.commit(&by_partition);
+        if transactional {
+            // The offsets went out with the transaction.
+            self.mark_committed(&by_partition);
+            self.metrics.commits.inc();
+        } else {
+            let mut attempt = 0u32;
+            while let Err(error) = self.write_latest(&by_partition) {
+                attempt += 1;
+                self.metrics.retries.with_label_values(&["latest"]).inc();
+                self.health.set_not_ready(format!("writing vehicle-latest failed: {error}"));
+                tracing::warn!(%error, attempt, "writing vehicle-latest failed; retrying");
+                if !self.backoff(attempt) {
+                    return false;
+                }
+            }
+            self.commit(&by_partition);
+        }
         tracing::debug!(
             total_ms = started.elapsed().as_secs_f64() * 1e3,
             commit_ms = t_commit.elapsed().as_secs_f64() * 1e3,
@@ -448,23 +482,48 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Commits the offset after the last record of each partition in the batch. A failed
-    /// commit is not retried: the next owner re-reads those records, and the restored state
-    /// makes their second pass a no-op.
-    fn commit(&mut self, by_partition: &BTreeMap<i32, Vec<OwnedMessage>>) {
+    /// One batch as one Kafka transaction: outputs, latest state and input offsets commit
+    /// together or not at all.
+    fn transaction(&mut self, by_partition: &BTreeMap<i32, Vec<OwnedMessage>>, decisions: &HashMap<i32, Vec<Decision>>, attempt: u32) -> Result<(), KafkaError> {
+        self.producer.begin_transaction()?;
+        self.write_outputs(by_partition, decisions, attempt)?;
+        self.write_latest(by_partition)?;
+        let metadata = self.consumer.group_metadata().ok_or(KafkaError::Canceled)?;
+        self.producer.send_offsets_to_transaction(&self.offsets_after(by_partition), &metadata, Duration::from_secs(30))?;
+        self.producer.commit_transaction(Duration::from_secs(30))
+    }
+
+    /// The offsets to commit: after the last record of each partition in the batch.
+    fn offsets_after(&self, by_partition: &BTreeMap<i32, Vec<OwnedMessage>>) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         for (p, msgs) in by_partition {
             if let Some(last) = msgs.last() {
-                let next = last.offset() + 1;
-                let _ = tpl.add_partition_offset(&self.config.input_topic, *p, Offset::Offset(next));
-                self.next_offset.insert(*p, next);
-                // Offsets behind the commit can no longer be replayed.
+                let _ = tpl.add_partition_offset(&self.config.input_topic, *p, Offset::Offset(last.offset() + 1));
+            }
+        }
+        tpl
+    }
+
+    /// Records that the batch is committed: lag bookkeeping, and offsets behind the commit can
+    /// no longer be replayed.
+    fn mark_committed(&mut self, by_partition: &BTreeMap<i32, Vec<OwnedMessage>>) {
+        for (p, msgs) in by_partition {
+            if let Some(last) = msgs.last() {
+                self.next_offset.insert(*p, last.offset() + 1);
                 if let Some(s) = self.partitions.get_mut(p) {
                     s.written.clear();
                     s.dead_lettered.clear();
                 }
             }
         }
+    }
+
+    /// Commits the offset after the last record of each partition in the batch. A failed
+    /// commit is not retried: the next owner re-reads those records, and the restored state
+    /// makes their second pass a no-op.
+    fn commit(&mut self, by_partition: &BTreeMap<i32, Vec<OwnedMessage>>) {
+        let tpl = self.offsets_after(by_partition);
+        self.mark_committed(by_partition);
         match self.consumer.commit(&tpl, CommitMode::Sync) {
             Ok(()) => self.metrics.commits.inc(),
             Err(error) => {

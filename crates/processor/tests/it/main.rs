@@ -4,3 +4,4 @@
 mod catalogue;
 mod failures;
 mod helpers;
+mod transactions;
