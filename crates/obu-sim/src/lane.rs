@@ -386,8 +386,13 @@ impl Lane {
         };
         for v in &mut self.vehicles {
             for p in &mut v.pending {
-                if p.sent_at.is_some() || p.retry_at.is_some_and(|r| r > now) {
+                if p.sent_at.is_some() {
                     continue;
+                }
+                // A vehicle's positions go out in seq order, like an OBU's store-and-forward
+                // queue: one waiting to be retried holds back the newer ones behind it.
+                if p.retry_at.is_some_and(|r| r > now) {
+                    break;
                 }
                 if p.sends > 0 {
                     self.stats.resent.inc();

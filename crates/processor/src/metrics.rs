@@ -29,6 +29,22 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        let m = Self::unlabelled();
+        // Every known label value exists from the start at 0, so rate() sees the first event
+        // and dashboards and alerts have a series before anything went wrong.
+        for reason in fleetstream_core::Reason::ALL.iter().filter(|r| !r.retryable()) {
+            m.invalid.with_label_values(&[reason.as_str()]);
+        }
+        for stage in ["produce", "latest", "restore", "commit"] {
+            m.retries.with_label_values(&[stage]);
+        }
+        for kind in ["assign", "revoke"] {
+            m.rebalances.with_label_values(&[kind]);
+        }
+        m
+    }
+
+    fn unlabelled() -> Self {
         let r = Registry::new();
         Metrics {
             consumed: t::counter(&r, "fleetstream_processor_records_consumed_total", "Records read from the input topic."),

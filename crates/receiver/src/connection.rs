@@ -123,6 +123,18 @@ impl Connection {
         let _ = tx.send(Outcome::Close { code: ending.code, reason: ending.reason }).await;
         drop(tx);
         let acked = writer.await.unwrap_or(0);
+        // The closing handshake: our Close frame is out; read (and drop: they were never
+        // answered, so the device still holds them) what the device had already sent, until
+        // its Close reply. Closing with unread data would reset the TCP connection and could
+        // destroy our Close frame before the device read it.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(message)) = stream.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
         m.connections.dec();
         tracing::info!(
             conn = self.id,

@@ -26,6 +26,28 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        let m = Self::unlabelled();
+        // Every known label value exists from the start at 0, so rate() sees the first event
+        // and dashboards and alerts have a series before anything went wrong.
+        for reason in fleetstream_core::Reason::ALL {
+            m.positions_refused.with_label_values(&[reason.as_str()]);
+        }
+        for reason in ["client_gone", "client_closed", "shutdown", "abuse", "frame_too_big", "read_error"] {
+            m.connections_closed.with_label_values(&[reason]);
+        }
+        for reason in ["unauthorized", "too_many_connections"] {
+            m.connections_refused.with_label_values(&[reason]);
+        }
+        for reason in ["missing", "invalid"] {
+            m.auth_failures.with_label_values(&[reason]);
+        }
+        for kind in ["text", "binary", "ping", "pong", "close"] {
+            m.frames.with_label_values(&[kind]);
+        }
+        m
+    }
+
+    fn unlabelled() -> Self {
         let r = Registry::new();
         Metrics {
             connections: t::gauge(&r, "fleetstream_receiver_connections", "Device WebSocket connections open now."),

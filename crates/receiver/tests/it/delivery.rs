@@ -185,7 +185,11 @@ async fn shutdown_under_load_acks_or_refuses_everything() {
     for seq in 1..=300u64 {
         send(&mut ws, &position(9, seq)).await;
     }
-    let ((answers, code), stopped) = tokio::join!(frames_until_close(&mut ws, Duration::from_secs(20)), receiver.shutdown());
+    // Shut down once the receiver is demonstrably mid-stream: the first answer is back.
+    let first = next_frame(&mut ws, Duration::from_secs(10)).await;
+    assert!(matches!(first, Some(ServerFrame::Ack { obu_id: 9, seq: 1 })), "{first:?}");
+    let ((mut answers, code), stopped) = tokio::join!(frames_until_close(&mut ws, Duration::from_secs(20)), receiver.shutdown());
+    answers.insert(0, first.unwrap_or(ServerFrame::Ack { obu_id: 9, seq: 1 }));
     assert!(stopped.is_ok(), "receiver stopped cleanly: {stopped:?}");
     assert_eq!(code, Some(close_code::GOING_AWAY), "closed with 1001");
     let acked: HashSet<u64> = answers.iter().filter_map(|f| match f { ServerFrame::Ack { seq, .. } => Some(*seq), _ => None }).collect();
