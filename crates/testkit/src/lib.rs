@@ -300,3 +300,55 @@ pub fn metric_value(text: &str, name: &str, label: Option<(&str, &str)>) -> f64 
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
 }
+
+/// A service running in this process (a receiver, processor or tracker `Application`), shut
+/// down gracefully by `shutdown()` or, without waiting, when dropped.
+#[derive(Debug)]
+pub struct Running {
+    registry: prometheus::Registry,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The shutdown future handed to a service's `run_until_stopped`.
+pub type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+impl Running {
+    /// Spawns `run(shutdown)`, e.g. `|stop| app.run_until_stopped(stop)`; `registry` is the
+    /// service's metrics registry.
+    pub fn spawn<F, Fut>(registry: prometheus::Registry, run: F) -> Running
+    where
+        F: FnOnce(Shutdown) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(run(Box::pin(async move {
+            let _ = stopped.await;
+        })));
+        Running { registry, stop: Some(stop), handle: Some(handle) }
+    }
+
+    /// Triggers graceful shutdown and returns what the service returned.
+    pub async fn shutdown(&mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.handle.take() {
+            Some(h) => h.await?,
+            None => Ok(()),
+        }
+    }
+
+    /// A metric of the service (summed over label sets, or only `key="value"` ones).
+    pub fn metric(&self, name: &str, label: Option<(&str, &str)>) -> f64 {
+        metric_value(&fleetstream_core::telemetry::render(&self.registry), name, label)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

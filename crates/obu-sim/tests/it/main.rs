@@ -4,15 +4,11 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use clap::Parser as _;
-use tokio::sync::oneshot;
 
 use fleetstream_obu_sim::Config;
-use fleetstream_testkit::{Broker, Topics};
+use fleetstream_testkit::{Broker, Running, Topics};
 
-struct Receiver {
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
+struct Receiver(Running);
 
 impl Receiver {
     async fn start(broker: &Broker, topics: &Topics, port: u16) -> Receiver {
@@ -35,20 +31,14 @@ impl Receiver {
         args.extend(extra.iter().cloned());
         let config = fleetstream_receiver::Config::try_parse_from(args).unwrap_or_else(|e| panic!("{e}"));
         let app = fleetstream_receiver::Application::build(config).await.unwrap_or_else(|e| panic!("{e:#}"));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run_until_stopped(async move {
-            let _ = stopped.await;
-        }));
+        let running = Running::spawn(app.metrics().registry, |stop| app.run_until_stopped(stop));
         // Let the listener come up before the simulator dials.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        Receiver { stop: Some(stop), task }
+        Receiver(running)
     }
 
     async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        let _ = self.task.await;
+        let _ = self.0.shutdown().await;
     }
 }
 

@@ -3,42 +3,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use clap::Parser as _;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-use fleetstream_processor::{Application, Config, Metrics};
-use fleetstream_testkit::{Broker, Record, Topics};
+use fleetstream_processor::{Application, Config};
+use fleetstream_testkit::{Broker, Record, Running, Topics};
 
-pub struct TestProcessor {
-    pub metrics: Metrics,
-    stop: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl TestProcessor {
-    pub async fn shutdown(&mut self) -> anyhow::Result<()> {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        match self.handle.take() {
-            Some(h) => h.await?,
-            None => Ok(()),
-        }
-    }
-
-    pub fn metric(&self, name: &str, label: Option<(&str, &str)>) -> f64 {
-        let text = fleetstream_core::telemetry::render(&self.metrics.registry);
-        fleetstream_testkit::metric_value(&text, name, label)
-    }
-}
-
-impl Drop for TestProcessor {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
-}
+pub type TestProcessor = Running;
 
 pub fn args(broker: &Broker, topics: &Topics, group: &str) -> Vec<(String, String)> {
     vec![
@@ -74,12 +43,7 @@ pub async fn spawn(broker: &Broker, topics: &Topics, group: &str) -> TestProcess
     }
     let config = Config::try_parse_from(cli).unwrap_or_else(|e| panic!("{e}"));
     let app = Application::build(config).await.unwrap_or_else(|e| panic!("processor: {e:#}"));
-    let metrics = app.metrics();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let handle = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
-    TestProcessor { metrics, stop: Some(stop), handle: Some(handle) }
+    Running::spawn(app.metrics().registry, |stop| app.run_until_stopped(stop))
 }
 
 /// The processor binary as a child process (so it can be killed with SIGKILL or SIGTERM).

@@ -2,24 +2,20 @@ use std::time::Duration;
 
 use clap::Parser as _;
 use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 use fleetstream_core::frames::ServerFrame;
-use fleetstream_receiver::{Application, Config, Metrics};
-use fleetstream_testkit::{Broker, Topics};
+use fleetstream_receiver::{Application, Config};
+use fleetstream_testkit::{Broker, Running, Topics};
 
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A receiver running in this process.
 pub struct TestReceiver {
     pub port: u16,
-    pub metrics: Metrics,
-    stop: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    running: Running,
 }
 
 impl TestReceiver {
@@ -30,30 +26,18 @@ impl TestReceiver {
     pub fn http(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
+}
 
-    /// Triggers graceful shutdown and waits for it.
-    pub async fn shutdown(&mut self) -> anyhow::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        match self.handle.take() {
-            Some(h) => h.await?,
-            None => Ok(()),
-        }
-    }
-
-    /// A metric's value as text-format line value (sum over label sets matching `labels`).
-    pub fn metric(&self, name: &str, label: Option<(&str, &str)>) -> f64 {
-        let text = fleetstream_core::telemetry::render(&self.metrics.registry);
-        fleetstream_testkit::metric_value(&text, name, label)
+impl std::ops::Deref for TestReceiver {
+    type Target = Running;
+    fn deref(&self) -> &Running {
+        &self.running
     }
 }
 
-impl Drop for TestReceiver {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+impl std::ops::DerefMut for TestReceiver {
+    fn deref_mut(&mut self) -> &mut Running {
+        &mut self.running
     }
 }
 
@@ -78,12 +62,8 @@ pub async fn spawn(config: Config) -> TestReceiver {
     let tls = config.tls_cert.is_some();
     let app = Application::build(config).await.unwrap_or_else(|e| panic!("receiver: {e:#}"));
     let port = app.port();
-    let metrics = app.metrics();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let handle = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
-    let r = TestReceiver { port, metrics, stop: Some(stop), handle: Some(handle) };
+    let running = Running::spawn(app.metrics().registry, |stop| app.run_until_stopped(stop));
+    let r = TestReceiver { port, running };
     if tls {
         // /readyz is behind TLS too; the readiness gauge says the same.
         for _ in 0..100 {

@@ -4,10 +4,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
 
 use fleetstream_core::dlq;
-use fleetstream_testkit::{Broker, Record};
+use fleetstream_testkit::{Broker, Record, Running};
 
 fn parse<T: clap::Parser>(args: Vec<String>) -> T {
     T::try_parse_from(args).unwrap_or_else(|e| panic!("{e}"))
@@ -35,10 +34,7 @@ async fn simulated_fleet_flows_end_to_end_exactly_once() {
     ]);
     let receiver = fleetstream_receiver::Application::build(receiver_config).await.unwrap_or_else(|e| panic!("{e:#}"));
     let port = receiver.port();
-    let (stop_receiver, receiver_stopped) = oneshot::channel::<()>();
-    let receiver_task = tokio::spawn(receiver.run_until_stopped(async move {
-        let _ = receiver_stopped.await;
-    }));
+    let mut receiver = Running::spawn(receiver.metrics().registry, |stop| receiver.run_until_stopped(stop));
 
     let processor_config: fleetstream_processor::Config = parse(vec![
         "processor".into(),
@@ -52,10 +48,7 @@ async fn simulated_fleet_flows_end_to_end_exactly_once() {
         "--kafka-linger-ms=1".into(),
     ]);
     let processor = fleetstream_processor::Application::build(processor_config).await.unwrap_or_else(|e| panic!("{e:#}"));
-    let (stop_processor, processor_stopped) = oneshot::channel::<()>();
-    let processor_task = tokio::spawn(processor.run_until_stopped(async move {
-        let _ = processor_stopped.await;
-    }));
+    let mut processor = Running::spawn(processor.metrics().registry, |stop| processor.run_until_stopped(stop));
 
     // Six OBUs on their own connections, reporting every 50 ms; 10% faults of every kind.
     let sim_config: fleetstream_obu_sim::Config = parse(vec![
@@ -114,8 +107,6 @@ async fn simulated_fleet_flows_end_to_end_exactly_once() {
     assert_eq!(from_receiver as u64, structural);
     assert!(semantic_invalid.len() > 5 && structural > 5, "faults of both kinds were injected: {} / {structural}", semantic_invalid.len());
 
-    let _ = stop_processor.send(());
-    let _ = stop_receiver.send(());
-    assert!(processor_task.await.is_ok_and(|r| r.is_ok()));
-    assert!(receiver_task.await.is_ok_and(|r| r.is_ok()));
+    assert!(processor.shutdown().await.is_ok());
+    assert!(receiver.shutdown().await.is_ok());
 }

@@ -5,12 +5,10 @@ use std::time::{Duration, Instant};
 use clap::Parser as _;
 use rdkafka::producer::FutureProducer;
 use serde_json::Value;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use fleetstream_core::{now_ms, ProcessedPosition, VehicleLatest};
 use fleetstream_testkit::postgres::Postgres;
-use fleetstream_testkit::{unique, Broker, Topics};
+use fleetstream_testkit::{unique, Broker, Running, Topics};
 use fleetstream_tracker::{Application, Config, Metrics, Store};
 
 /// The two storage backends every storage test runs against.
@@ -59,8 +57,7 @@ pub struct TestTracker {
     pub metrics: Metrics,
     pub store: Store,
     pub http: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    running: Running,
 }
 
 /// The flags every test tracker gets.
@@ -97,12 +94,9 @@ impl TestTracker {
         fleetstream_core::telemetry::init(&config.log);
         let app = Application::build(config).await.unwrap_or_else(|e| panic!("tracker: {e:#}"));
         let (port, metrics, store) = (app.port(), app.metrics(), app.store());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(app.run_until_stopped(async move {
-            let _ = stopped.await;
-        }));
+        let running = Running::spawn(metrics.registry.clone(), |stop| app.run_until_stopped(stop));
         let http = reqwest::Client::builder().no_proxy().build().unwrap_or_else(|e| panic!("{e}"));
-        let t = TestTracker { port, metrics, store, http, stop: Some(stop), handle: Some(handle) };
+        let t = TestTracker { port, metrics, store, http, running };
         t.wait_ready().await;
         t
     }
@@ -146,21 +140,7 @@ impl TestTracker {
 
     /// Graceful shutdown, as on SIGTERM; returns what run_until_stopped returned.
     pub async fn shutdown(&mut self) -> anyhow::Result<()> {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        match self.handle.take() {
-            Some(h) => h.await?,
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for TestTracker {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
+        self.running.shutdown().await
     }
 }
 
