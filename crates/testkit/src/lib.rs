@@ -1,13 +1,14 @@
-//! The one test harness of fleetstream: a real Kafka-API broker process (nisshi) on a free
-//! port, uniquely named topics, and readers that return what a user would check.
+//! The one test harness of fleetstream: Apache Kafka (through `fleetstream-kafka-local`),
+//! uniquely named topics, readers that return what a user would check, and in-process services.
 //!
-//! The broker binary is found at `$NISSHI_BIN`, else where `scripts/kafka-local install` puts
-//! it (`~/.cache/fleetstream/nisshi-0.8.1/bin/nisshi`), else on `PATH`.
+//! Tests that only need a broker share one per test process ([`Broker::shared`]), each with its
+//! own topics and group ids; tests that stop, kill or restart brokers start a [`Dedicated`]
+//! node or cluster. Set `FLEETSTREAM_TEST_KAFKA=host:port` to run the shared tests against a
+//! broker that is already running (e.g. `scripts/kafka-local start`).
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -18,29 +19,15 @@ use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use fleetstream_kafka_local::{Cluster, ClusterSpec, Installation, Lifetime};
+
 pub mod postgres;
 
-pub const NISSHI_VERSION: &str = "0.8.1";
-
-/// Where the broker binary is.
-pub fn nisshi_binary() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("NISSHI_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        let p = PathBuf::from(home).join(format!(".cache/fleetstream/nisshi-{NISSHI_VERSION}/bin/nisshi"));
-        if p.exists() {
-            return Ok(p);
-        }
-    }
-    let found = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).map(|d| d.join("nisshi")).find(|p| p.exists()));
-    found.flatten().context("the nisshi broker is not installed: run `scripts/kafka-local install` (or set NISSHI_BIN)")
-}
+pub use fleetstream_kafka_local::KAFKA_VERSION;
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
@@ -52,106 +39,86 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{n}-{:x}", std::process::id(), nanos & 0xffff_ffff)
 }
 
-/// A broker process. Killed on drop.
-#[derive(Debug)]
-pub struct Broker {
-    child: Option<Child>,
-    port: u16,
-    storage: String,
-    data_dir: Option<PathBuf>,
+/// The installed broker, installing it if needed (`scripts/kafka-local install` does the same).
+fn installation() -> anyhow::Result<Installation> {
+    Installation::ensure(&|m| eprintln!("testkit: {m}"))
 }
 
+/// Directories of test brokers live under this prefix in the temp dir, named with the pid of
+/// the test process; those of processes that are gone are removed by the next run.
+const DIR_PREFIX: &str = "fleetstream-kafka-test-";
+
+fn broker_dir(kind: &str) -> PathBuf {
+    let tmp = std::env::temp_dir();
+    if let Ok(entries) = std::fs::read_dir(&tmp) {
+        for e in entries.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name.strip_prefix(DIR_PREFIX).and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|p| p != std::process::id() && !fleetstream_kafka_local::node::signal_0(p)) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
+    tmp.join(format!("{DIR_PREFIX}{}-{kind}-{n}", std::process::id()))
+}
+
+/// A Kafka cluster the tests talk to: its bootstrap servers and the readers and writers a test
+/// needs. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    bootstrap: String,
+}
+
+static SHARED: OnceLock<Result<(Broker, Option<Cluster>), String>> = OnceLock::new();
+
 impl Broker {
-    /// A broker with in-memory storage.
-    pub fn start() -> anyhow::Result<Broker> {
-        Self::launch(free_port(), "memory://nisshi/".to_string(), None)
-    }
-
-    /// A broker whose data survives `stop()` + `restart()` (sqlite storage in a temp dir).
-    pub fn start_persistent() -> anyhow::Result<Broker> {
-        let dir = std::env::temp_dir().join(unique("fleetstream-broker"));
-        std::fs::create_dir_all(&dir)?;
-        // nisshi resolves a sqlite path against its working directory (set in `spawn`).
-        let storage = "sqlite://broker.db".to_string();
-        Self::launch(free_port(), storage, Some(dir))
-    }
-
-    fn launch(port: u16, storage: String, data_dir: Option<PathBuf>) -> anyhow::Result<Broker> {
-        let mut broker = Broker { child: None, port, storage, data_dir };
-        broker.spawn()?;
-        Ok(broker)
-    }
-
-    fn spawn(&mut self) -> anyhow::Result<()> {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::env::var_os("BROKER_LOG").is_some();
-        let child = Command::new(nisshi_binary()?)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", &self.storage, "--group-initial-rebalance-delay", "100ms"])
-            .env("RUST_LOG", if log { "info" } else { "warn" })
-            .current_dir(self.data_dir.clone().unwrap_or_else(std::env::temp_dir))
-            .stdin(Stdio::null())
-            .stdout(if log { Stdio::inherit() } else { Stdio::null() })
-            .stderr(if log { Stdio::inherit() } else { Stdio::null() })
-            .spawn()
-            .context("cannot start nisshi")?;
-        self.child = Some(child);
-        self.wait_ready(Duration::from_secs(30))
-    }
-
-    fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
-        let consumer: BaseConsumer = self.client_config().create()?;
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    bail!("nisshi exited at start-up: {status}");
-                }
+    /// The broker every test of this process shares: `FLEETSTREAM_TEST_KAFKA` if set, else one
+    /// Apache Kafka node started on first use and killed when the process exits. Panics with
+    /// the reason if it cannot start (a test cannot run without it).
+    pub fn shared() -> Broker {
+        let shared = SHARED.get_or_init(|| {
+            if let Ok(bootstrap) = std::env::var("FLEETSTREAM_TEST_KAFKA") {
+                return Ok((Broker { bootstrap }, None));
             }
-            if consumer.fetch_metadata(None, Duration::from_millis(500)).is_ok() {
-                return Ok(());
+            let started = installation().and_then(|i| Cluster::start(i, ClusterSpec::new(1, broker_dir("shared")), Lifetime::Owned));
+            match started {
+                Ok(cluster) => Ok((Broker { bootstrap: cluster.bootstrap() }, Some(cluster))),
+                Err(e) => Err(format!("{e:#}")),
             }
-            if Instant::now() > deadline {
-                bail!("nisshi did not answer on port {} within {within:?}", self.port);
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        });
+        match shared {
+            Ok((broker, _)) => broker.clone(),
+            Err(e) => panic!("cannot start the shared Apache Kafka broker: {e}"),
         }
     }
 
-    /// `host:port` for `bootstrap.servers`.
+    /// A handle on any running cluster.
+    pub fn at(bootstrap: impl Into<String>) -> Broker {
+        Broker { bootstrap: bootstrap.into() }
+    }
+
+    /// `host:port,...` for `bootstrap.servers`.
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.bootstrap.clone()
     }
 
     pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", self.brokers());
+        c.set("bootstrap.servers", &self.bootstrap);
         c
-    }
-
-    /// Kills the broker process (as a crash or an outage would).
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts the broker again on the same port and storage.
-    pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.stop();
-        self.spawn()
     }
 
     pub fn admin(&self) -> anyhow::Result<AdminClient<DefaultClientContext>> {
         Ok(self.client_config().create()?)
     }
 
-    /// Creates a topic with configs; waits until its metadata shows every partition.
+    /// Creates a topic with configs (replication: the cluster's default).
     pub async fn create_topic(&self, name: &str, partitions: i32, configs: &[(&str, &str)]) -> anyhow::Result<()> {
         let admin = self.admin()?;
         let topic = configs.iter().fold(NewTopic::new(name, partitions, TopicReplication::Fixed(-1)), |t, (k, v)| t.set(k, v));
-        for r in admin.create_topics([&topic], &AdminOptions::new()).await? {
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        for r in admin.create_topics([&topic], &options).await? {
             if let Err((t, e)) = r {
                 bail!("cannot create {t}: {e}");
             }
@@ -180,19 +147,24 @@ impl Broker {
         produce_with(&producer, topic, key, payload, headers).await
     }
 
+    /// An idempotent acks=all producer.
     pub fn producer(&self) -> anyhow::Result<FutureProducer> {
         let mut c = self.client_config();
         c.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "1");
         Ok(c.create()?)
     }
 
-    /// Every record of `topic` (all partitions, from the beginning): waits until at least
-    /// `expected` arrived, then `settle` more to catch extras (duplicates). Gives up at `timeout`.
+    /// Every committed record of `topic` (all partitions, from the beginning), as a
+    /// `read_committed` consumer sees them: waits until at least `expected` arrived, then
+    /// `settle` more to catch extras (duplicates). Gives up at `timeout`.
     pub fn read(&self, topic: &str, expected: usize, settle: Duration, timeout: Duration) -> anyhow::Result<Vec<Record>> {
         let mut c = self.client_config();
-        c.set("group.id", unique("reader")).set("enable.auto.commit", "false").set("enable.partition.eof", "false");
+        c.set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("isolation.level", "read_committed");
         let consumer: BaseConsumer = c.create()?;
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
         let mut tpl = TopicPartitionList::new();
         for t in metadata.topics() {
             for p in t.partitions() {
@@ -231,14 +203,81 @@ impl Broker {
         }
         Ok(records)
     }
+
+    /// The leader's node id of every partition of `topic`.
+    pub fn leaders(&self, topic: &str) -> anyhow::Result<Vec<(i32, i32)>> {
+        let consumer: BaseConsumer = self.client_config().create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let t = metadata.topics().iter().find(|t| t.name() == topic).with_context(|| format!("no topic {topic}"))?;
+        Ok(t.partitions().iter().map(|p| (p.id(), p.leader())).collect())
+    }
 }
 
-impl Drop for Broker {
+/// A node or cluster of a test's own, for tests that stop, kill or restart brokers. Killed
+/// (and its data deleted) when dropped. Derefs to its [`Broker`].
+#[derive(Debug)]
+pub struct Dedicated {
+    cluster: Cluster,
+    broker: Broker,
+}
+
+impl Dedicated {
+    /// Starts `nodes` Apache Kafka nodes (1, or 3 for replication 3 and min.insync.replicas 2).
+    pub fn start(nodes: u32) -> anyhow::Result<Dedicated> {
+        let cluster = Cluster::start(installation()?, ClusterSpec::new(nodes, broker_dir("dedicated")), Lifetime::Owned)?;
+        let broker = Broker { bootstrap: cluster.bootstrap() };
+        Ok(Dedicated { cluster, broker })
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// The nodes' ids.
+    pub fn node_ids(&self) -> Vec<u32> {
+        self.cluster.nodes().iter().map(|n| n.addr.id).collect()
+    }
+
+    /// SIGKILL node `id`: a crash.
+    pub fn kill(&mut self, id: u32) -> anyhow::Result<()> {
+        self.cluster.kill(id)
+    }
+
+    /// SIGTERM node `id` and wait for its controlled shutdown.
+    pub fn terminate(&mut self, id: u32) -> anyhow::Result<()> {
+        self.cluster.terminate(id)
+    }
+
+    /// Starts node `id` again with its data, and waits until it is back in the cluster.
+    pub fn restart(&mut self, id: u32) -> anyhow::Result<()> {
+        self.cluster.restart(id)
+    }
+
+    /// SIGTERM every node at once: the whole cluster goes down.
+    pub fn terminate_all(&mut self) -> anyhow::Result<()> {
+        self.cluster.terminate_all()
+    }
+
+    /// Starts every stopped node and waits until all are back.
+    pub fn restart_all(&mut self) -> anyhow::Result<()> {
+        self.cluster.spawn_stopped()?;
+        self.cluster.wait_ready(Duration::from_secs(120))
+    }
+}
+
+impl std::ops::Deref for Dedicated {
+    type Target = Broker;
+    fn deref(&self) -> &Broker {
+        &self.broker
+    }
+}
+
+impl Drop for Dedicated {
     fn drop(&mut self) {
-        self.stop();
-        if let Some(dir) = &self.data_dir {
-            let _ = std::fs::remove_dir_all(dir);
+        for id in self.node_ids() {
+            let _ = self.cluster.kill(id);
         }
+        let _ = std::fs::remove_dir_all(&self.cluster.spec().dir);
     }
 }
 

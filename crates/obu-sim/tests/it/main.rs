@@ -60,7 +60,7 @@ fn ids(records: &[fleetstream_testkit::Record]) -> HashSet<(u64, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_restart_mid_run_loses_nothing() {
-    let broker = Broker::start().unwrap_or_else(|e| panic!("{e:#}"));
+    let broker = Broker::shared();
     let topics = broker.topics(3).await.unwrap_or_else(|e| panic!("{e:#}"));
     let port = fleetstream_testkit::free_port();
     let receiver = Receiver::start(&broker, &topics, port).await;
@@ -99,7 +99,7 @@ async fn receiver_restart_mid_run_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_mode_summary_matches_kafka() {
-    let broker = Broker::start().unwrap_or_else(|e| panic!("{e:#}"));
+    let broker = Broker::shared();
     let topics = broker.topics(3).await.unwrap_or_else(|e| panic!("{e:#}"));
     let port = fleetstream_testkit::free_port();
     let receiver = Receiver::start(&broker, &topics, port).await;
@@ -126,7 +126,7 @@ async fn load_mode_summary_matches_kafka() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_over_wss_with_a_private_ca_and_a_token() {
-    let broker = Broker::start().unwrap_or_else(|e| panic!("{e:#}"));
+    let broker = Broker::shared();
     let topics = broker.topics(3).await.unwrap_or_else(|e| panic!("{e:#}"));
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap_or_else(|e| panic!("{e}"));
     let dir = std::env::temp_dir().join(fleetstream_testkit::unique("sim-tls"));

@@ -6,7 +6,7 @@ use std::time::Duration;
 use fleetstream_core::frames::ServerFrame;
 use fleetstream_core::reason::Reason;
 use fleetstream_receiver::{close_code, HEADER_FORMAT, HEADER_RECEIVED_AT};
-use fleetstream_testkit::{Broker, Record};
+use fleetstream_testkit::{Dedicated, Record};
 
 use crate::helpers::*;
 
@@ -102,7 +102,7 @@ async fn legacy_positions_are_completed_and_acked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_loses_no_acked_position() {
-    let mut broker = Broker::start_persistent().unwrap_or_else(|e| panic!("{e:#}"));
+    let mut broker = Dedicated::start(1).unwrap_or_else(|e| panic!("{e:#}"));
     let topics = broker.topics(2).await.unwrap_or_else(|e| panic!("{e:#}"));
     let receiver = spawn(config(&broker, &topics, &["--kafka-delivery-timeout=4s", "--max-in-flight-per-connection=50"])).await;
     let ws = connect(&receiver.url(), None).await.unwrap_or_else(|e| panic!("{e}"));
@@ -124,7 +124,7 @@ async fn broker_outage_loses_no_acked_position() {
     while answers.len() < 50 {
         answers.push(tokio::time::timeout(Duration::from_secs(10), frames_rx.recv()).await.ok().flatten().unwrap_or_else(|| panic!("no answer")));
     }
-    broker.stop();
+    broker.kill(1).unwrap_or_else(|e| panic!("{e:#}"));
     // /readyz turns false while Kafka is unreachable.
     let mut saw_unready = false;
     for _ in 0..60 {
@@ -143,7 +143,7 @@ async fn broker_outage_loses_no_acked_position() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Back-pressure: at most the per-connection bound is in flight; the rest waits in the socket.
     assert!(receiver.metric("fleetstream_receiver_in_flight", None) <= 50.0);
-    broker.restart().unwrap_or_else(|e| panic!("{e:#}"));
+    broker.restart(1).unwrap_or_else(|e| panic!("{e:#}"));
     while answers.len() < 120 {
         answers.push(tokio::time::timeout(Duration::from_secs(30), frames_rx.recv()).await.ok().flatten().unwrap_or_else(|| panic!("no answer for {}", answers.len() + 1)));
     }

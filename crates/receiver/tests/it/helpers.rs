@@ -152,7 +152,7 @@ pub fn position(obu: u64, seq: u64) -> String {
 }
 
 pub async fn broker_and_topics() -> (Broker, Topics) {
-    let broker = Broker::start().unwrap_or_else(|e| panic!("{e:#}"));
+    let broker = Broker::shared();
     let topics = broker.topics(3).await.unwrap_or_else(|e| panic!("{e:#}"));
     (broker, topics)
 }

@@ -19,7 +19,7 @@ fn obu_seq(r: &Record) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_fleet_flows_end_to_end_exactly_once() {
-    let broker = Broker::start().unwrap_or_else(|e| panic!("{e:#}"));
+    let broker = Broker::shared();
     let topics = broker.topics(3).await.unwrap_or_else(|e| panic!("{e:#}"));
     let b = broker.brokers();
 

@@ -167,7 +167,7 @@ where
 }
 
 pub async fn broker_and_topics(partitions: i32) -> (Broker, Topics) {
-    let broker = Broker::start().unwrap_or_else(|e| panic!("{e:#}"));
+    let broker = Broker::shared();
     let topics = broker.topics(partitions).await.unwrap_or_else(|e| panic!("{e:#}"));
     (broker, topics)
 }
