@@ -9,6 +9,7 @@ pub mod frames;
 pub mod http;
 pub mod kafka;
 pub mod position;
+pub mod publish;
 pub mod reason;
 pub mod shutdown;
 pub mod telemetry;

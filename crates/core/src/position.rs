@@ -30,7 +30,7 @@ pub struct Position {
 impl Position {
     /// The Kafka record key: the decimal obu_id, so every record of a vehicle shares a partition.
     pub fn key(&self) -> String {
-        self.obu_id.to_string()
+        crate::publish::vehicle_key(self.obu_id)
     }
 
     /// The canonical JSON encoding, as written to `gpscoords`.

@@ -84,6 +84,13 @@ impl Cluster {
     /// Formats what is not formatted yet, starts every node and waits until all brokers are
     /// in the cluster's metadata.
     pub fn start(install: Installation, spec: ClusterSpec, lifetime: Lifetime) -> anyhow::Result<Cluster> {
+        let mut cluster = Cluster::launch(install, spec, lifetime)?;
+        cluster.wait_ready(Duration::from_secs(90))?;
+        Ok(cluster)
+    }
+
+    /// Formats what is not formatted yet and starts every node, without waiting for them.
+    pub fn launch(install: Installation, spec: ClusterSpec, lifetime: Lifetime) -> anyhow::Result<Cluster> {
         if spec.nodes == 0 {
             bail!("a cluster needs at least one node");
         }
@@ -105,8 +112,14 @@ impl Cluster {
         for i in 0..cluster.nodes.len() {
             cluster.spawn(i)?;
         }
-        cluster.wait_ready(Duration::from_secs(90))?;
         Ok(cluster)
+    }
+
+    /// Kills every node (also detached ones).
+    pub fn kill_all(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
     }
 
     fn spawn(&mut self, index: usize) -> anyhow::Result<()> {
@@ -155,6 +168,11 @@ impl Cluster {
         let i = self.index_of(id)?;
         self.spawn(i)?;
         self.wait_ready(Duration::from_secs(90))
+    }
+
+    /// Whether every node's process is alive.
+    pub fn all_running(&mut self) -> bool {
+        self.nodes.iter_mut().all(Node::is_running)
     }
 
     /// Starts every stopped node without waiting.

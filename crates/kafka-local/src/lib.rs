@@ -21,4 +21,4 @@ pub use cluster::{Cluster, ClusterSpec, Lifetime};
 pub use install::Installation;
 
 /// The Apache Kafka release every test, the demo, the benchmarks and docker-compose.yml use.
-pub const KAFKA_VERSION: &str = "4.1.1";
+pub const KAFKA_VERSION: &str = "4.4.0";

@@ -67,6 +67,11 @@ enum Action {
     Status,
     /// Print the directory holding the broker's jars.
     Path,
+    /// Print the Apache Kafka version.
+    Version,
+    /// Print the broker settings of this cluster size, KEY=VALUE per line (what docker-compose.yml
+    /// must agree with).
+    Settings,
 }
 
 fn say(message: &str) {
@@ -98,6 +103,16 @@ fn run(config: Config) -> anyhow::Result<()> {
         Action::Stop => stop(&config.dir),
         Action::Topics => create_topics(&config, &bootstrap(&config)),
         Action::Status => status(&config),
+        Action::Version => {
+            println!("{KAFKA_VERSION}");
+            Ok(())
+        }
+        Action::Settings => {
+            for (k, v) in node::broker_settings(config.nodes as usize, config.partitions) {
+                println!("{k}={v}");
+            }
+            Ok(())
+        }
     }
 }
 
@@ -140,11 +155,19 @@ fn start(config: &Config) -> anyhow::Result<()> {
     let install = prepare(config)?;
     say(&format!("starting {} on {}", describe(config), bootstrap(config)));
     let started = Instant::now();
-    let cluster = Cluster::start(install, spec(config), Lifetime::Detached)?;
+    let mut cluster = Cluster::launch(install, spec(config), Lifetime::Detached)?;
+    // Pid files first: `stop` must find the nodes even if they never become ready.
     for n in cluster.nodes() {
         if let Some(pid) = n.pid() {
             std::fs::write(n.addr.dir.join("pid"), pid.to_string())?;
         }
+    }
+    if let Err(error) = cluster.wait_ready(Duration::from_secs(90)) {
+        cluster.kill_all();
+        for n in cluster.nodes() {
+            let _ = std::fs::remove_file(n.addr.dir.join("pid"));
+        }
+        return Err(error);
     }
     say(&format!("ready in {:.1} s; logs in {}/node-*/broker.log", started.elapsed().as_secs_f64(), config.dir.display()));
     create_topics(config, &cluster.bootstrap())?;

@@ -53,9 +53,6 @@ impl NodeAddr {
 /// The node's `server.properties`. Replication follows the cluster size: a single node keeps
 /// one copy of everything, a cluster of three keeps three and needs two in sync for acks=all.
 pub fn properties(spec: &ClusterSpec, nodes: &[NodeAddr], node: &NodeAddr) -> String {
-    let n = nodes.len();
-    let replicas = n.min(3);
-    let min_isr = if replicas >= 3 { 2 } else { 1 };
     let voters: Vec<String> = nodes.iter().map(|v| format!("{}@127.0.0.1:{}", v.id, v.controller_port)).collect();
     let mut lines = vec![
         "# Written by kafka-local (crates/kafka-local/src/node.rs) at every start.".to_string(),
@@ -69,16 +66,20 @@ pub fn properties(spec: &ClusterSpec, nodes: &[NodeAddr], node: &NodeAddr) -> St
         "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT".to_string(),
         format!("log.dirs={}", node.data_dir().display()),
     ];
-    lines.extend(broker_settings(replicas, min_isr, spec.partitions).into_iter().map(|(k, v)| format!("{k}={v}")));
+    lines.extend(broker_settings(nodes.len(), spec.partitions).into_iter().map(|(k, v)| format!("{k}={v}")));
     lines.extend(spec.extra.iter().map(|(k, v)| format!("{k}={v}")));
     lines.join("\n") + "\n"
 }
 
-/// The broker settings fleetstream runs with, everywhere (docker-compose.yml sets the same; the
-/// operations check compares them): topics are created on purpose, never by a typo; internal
-/// topics are replicated like the data; consumer groups form without the initial 3 s wait;
-/// a transaction left open by a crashed producer is aborted within a second of its timeout.
-pub fn broker_settings(replicas: usize, min_isr: usize, partitions: u32) -> Vec<(&'static str, String)> {
+/// The broker settings fleetstream runs with on a cluster of `nodes`, everywhere
+/// (docker-compose.yml sets the same; the operations check compares them): topics are created
+/// on purpose, never by a typo; a single node keeps one copy of everything, a cluster three
+/// with two in sync for acks=all; internal topics are replicated like the data; consumer
+/// groups form without the initial 3 s wait; a transaction left open by a crashed producer is
+/// aborted within a second of its timeout.
+pub fn broker_settings(nodes: usize, partitions: u32) -> Vec<(&'static str, String)> {
+    let replicas = nodes.clamp(1, 3);
+    let min_isr = if replicas >= 3 { 2 } else { 1 };
     vec![
         ("auto.create.topics.enable", "false".to_string()),
         ("num.partitions", partitions.to_string()),

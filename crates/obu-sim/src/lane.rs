@@ -28,7 +28,7 @@ use fleetstream_core::now_ms;
 
 use crate::config::{Config, Fault, Mode};
 use crate::movement::{Fix, Limits, Vehicle};
-use crate::stats::Stats;
+use crate::stats::{AckedSeqs, Stats};
 
 /// A generated position waiting for its ack.
 #[derive(Debug)]
@@ -52,6 +52,8 @@ struct SimVehicle {
     base: (f64, f64),
     /// Speaks the seed's legacy form (a vehicle's format never changes).
     legacy: bool,
+    /// The seqs the receiver acknowledged.
+    acked: AckedSeqs,
 }
 
 /// Shared stop signals and budget of a run.
@@ -130,7 +132,7 @@ impl Lane {
                 // Spread first reports over one interval so a fleet does not report in lockstep.
                 let offset = config.interval.mul_f64(rng.random_range(0.0..1.0));
                 let legacy = config.legacy_ratio > 0.0 && rng.random_bool(config.legacy_ratio.clamp(0.0, 1.0));
-                SimVehicle { obu_id, next_seq: 1, model, pending: VecDeque::new(), next_report: now + offset, base, legacy }
+                SimVehicle { obu_id, next_seq: 1, model, pending: VecDeque::new(), next_report: now + offset, base, legacy, acked: AckedSeqs::default() }
             })
             .collect();
         let index = vehicles.iter().enumerate().map(|(i, v)| (v.obu_id, i)).collect();
@@ -215,6 +217,7 @@ impl Lane {
         if reader.is_some() {
             self.stats.connected.dec();
         }
+        self.stats.record_acked(self.vehicles.iter_mut().map(|v| (v.obu_id, std::mem::take(&mut v.acked))));
     }
 
     async fn connect(&self) -> anyhow::Result<Ws> {
@@ -444,6 +447,7 @@ impl Lane {
                         if let Some(sent) = p.sent_at {
                             self.stats.record_ack_latency(sent.elapsed());
                         }
+                        v.acked.insert(seq);
                         self.stats.acked.inc();
                         self.unacked -= 1;
                         self.stats.unacked.dec();

@@ -24,7 +24,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Area, Config, Fault, Mode};
-pub use stats::{Stats, Summary};
+pub use stats::{AckedSeqs, Stats, Summary};
 
 use lane::{Control, Lane};
 

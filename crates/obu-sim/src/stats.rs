@@ -28,6 +28,62 @@ pub struct Stats {
     pub unacked: IntGauge,
     latency_us: Mutex<Histogram<u64>>,
     ack_latency: prometheus::Histogram,
+    acked_by_vehicle: Mutex<BTreeMap<u64, AckedSeqs>>,
+}
+
+/// The seqs of one vehicle the receiver acknowledged, as sorted, disjoint ranges (acks mostly
+/// come in order, so there are few).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AckedSeqs {
+    ranges: Vec<(u64, u64)>,
+}
+
+impl AckedSeqs {
+    pub fn insert(&mut self, seq: u64) {
+        // The common case: the next seq after the last range.
+        if let Some(last) = self.ranges.last_mut() {
+            if seq == last.1.saturating_add(1) {
+                last.1 = seq;
+                return;
+            }
+            if seq >= last.0 && seq <= last.1 {
+                return;
+            }
+        }
+        let i = self.ranges.partition_point(|r| r.1 < seq);
+        if self.ranges.get(i).is_some_and(|r| r.0 <= seq) {
+            return;
+        }
+        self.ranges.insert(i, (seq, seq));
+        // Merge with the neighbours where they touch.
+        if i + 1 < self.ranges.len() && self.ranges[i + 1].0 == seq + 1 {
+            self.ranges[i].1 = self.ranges[i + 1].1;
+            self.ranges.remove(i + 1);
+        }
+        if i > 0 && self.ranges[i - 1].1 + 1 == seq {
+            self.ranges[i - 1].1 = self.ranges[i].1;
+            self.ranges.remove(i);
+        }
+    }
+
+    pub fn contains(&self, seq: u64) -> bool {
+        let i = self.ranges.partition_point(|r| r.1 < seq);
+        self.ranges.get(i).is_some_and(|r| r.0 <= seq)
+    }
+
+    /// How many seqs were acknowledged.
+    pub fn len(&self) -> u64 {
+        self.ranges.iter().map(|r| r.1 - r.0 + 1).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// Every acknowledged seq, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.ranges.iter().flat_map(|r| r.0..=r.1)
+    }
 }
 
 impl Stats {
@@ -49,7 +105,15 @@ impl Stats {
             unacked: t::gauge(&r, "fleetstream_sim_unacked", "Positions generated and not yet acked or dropped."),
             ack_latency: t::histogram(&r, "fleetstream_sim_ack_latency_seconds", "Time from sending a position to its ack.", t::LATENCY_BUCKETS),
             latency_us: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))),
+            acked_by_vehicle: Mutex::new(BTreeMap::new()),
             registry: r,
+        }
+    }
+
+    /// Adds vehicles' acknowledged seqs (each lane reports its vehicles once, at its end).
+    pub fn record_acked(&self, acked: impl Iterator<Item = (u64, AckedSeqs)>) {
+        if let Ok(mut all) = self.acked_by_vehicle.lock() {
+            all.extend(acked.filter(|(_, a)| !a.is_empty()));
         }
     }
 
@@ -99,6 +163,7 @@ impl Stats {
             disconnects: self.disconnects.get(),
             acked_per_s: self.acked.get() as f64 / secs,
             ack_latency_ms: Latency { p50, p90, p99, max },
+            acked_by_vehicle: self.acked_by_vehicle.lock().map(|a| a.clone()).unwrap_or_default(),
         }
     }
 }
@@ -127,6 +192,10 @@ pub struct Summary {
     pub disconnects: u64,
     pub acked_per_s: f64,
     pub ack_latency_ms: Latency,
+    /// Which seqs of each vehicle were acknowledged (for exact accounting in tests; not in
+    /// the `--json` output).
+    #[serde(skip)]
+    pub acked_by_vehicle: BTreeMap<u64, AckedSeqs>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -155,5 +224,22 @@ impl std::fmt::Display for Summary {
         writeln!(f, "  connects    {:>10}   disconnects {}", self.connects, self.disconnects)?;
         let l = &self.ack_latency_ms;
         write!(f, "  ack latency ms  p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}", l.p50, l.p90, l.p99, l.max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AckedSeqs;
+
+    #[test]
+    fn acked_seqs_merge_into_ranges() {
+        let mut a = AckedSeqs::default();
+        for seq in [1, 2, 3, 7, 5, 6, 4, 10, 2, 9] {
+            a.insert(seq);
+        }
+        assert_eq!(a.iter().collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6, 7, 9, 10]);
+        assert_eq!(a.len(), 9);
+        assert_eq!(a.ranges, vec![(1, 7), (9, 10)]);
+        assert!(a.contains(9) && !a.contains(8) && !a.contains(11));
     }
 }

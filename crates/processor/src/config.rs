@@ -8,6 +8,15 @@ use fleetstream_core::telemetry::LogArgs;
 
 use crate::rules::Rules;
 
+/// How the processor keeps exactly-once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExactlyOnce {
+    /// Kafka transactions (Apache Kafka, the default).
+    Transactions,
+    /// State rebuilt from the outputs; no transactions needed.
+    Rebuild,
+}
+
 /// fleetstream processor: validates raw positions, routes valid ones to `positions` and
 /// `vehicle-latest` and invalid ones to the DLQ, exactly once per (obu_id, seq).
 #[derive(Debug, Clone, clap::Parser)]
@@ -59,12 +68,26 @@ pub struct Config {
     #[arg(long, env = "PROCESSOR_RETRY_MAX", default_value = "10s", value_parser = humantime::parse_duration)]
     pub retry_max: Duration,
 
-    /// Kafka transactions: with an id, each batch's outputs and its input offsets are committed
-    /// atomically (Apache Kafka; not the nisshi test broker). Every processor instance needs
-    /// its own stable id (e.g. the pod name). Without one, exactly-once rests on the state
-    /// rebuild alone (docs/processing.md).
+    /// How exactly-once is kept: `transactions` (each batch's outputs, latest states and input
+    /// offsets commit atomically in one Kafka transaction; a frozen or partitioned instance is
+    /// fenced) or `rebuild` (no transactions: the state is rebuilt from the outputs after a
+    /// crash, for brokers without transactions; a zombie instance can duplicate). See
+    /// docs/processing.md.
+    #[arg(long, env = "PROCESSOR_EXACTLY_ONCE", value_enum, default_value = "transactions")]
+    pub exactly_once: ExactlyOnce,
+
+    /// Transactional id of this instance; unique per running instance and stable across its
+    /// restarts, so that a restart aborts what a crash left open at once. Default:
+    /// `<group-id>-<hostname>-<ops port>`.
     #[arg(long, env = "PROCESSOR_TRANSACTIONAL_ID")]
     pub transactional_id: Option<String>,
+
+    /// Longest a transaction may stay open: Kafka aborts one left open longer by a crashed or
+    /// frozen instance, after which its partitions are readable again. Longer than a broker
+    /// failover (the broker session timeout, 9 s, plus a leader election), so that a failover
+    /// delays a batch instead of fencing the producer.
+    #[arg(long, env = "PROCESSOR_TRANSACTION_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub transaction_timeout: Duration,
 
     /// How long to wait on shutdown for the batch in hand to be written and committed.
     #[arg(long, env = "PROCESSOR_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]

@@ -12,42 +12,34 @@
 //! ```
 
 mod config;
+mod judge;
 mod metrics;
+mod outputs;
 mod pipeline;
+mod rebalance;
 mod restore;
 pub mod rules;
 pub mod state;
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::producer::{FutureProducer, Producer as _};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use fleetstream_core::http::{ops_router, Health};
-use fleetstream_core::kafka::{ensure_topics, partition_count, TopicSpec};
+use fleetstream_core::kafka::{ensure_topics, partition_count, KafkaArgs, TopicSpec};
 
-pub use config::Config;
+pub use config::{Config, ExactlyOnce};
 pub use metrics::Metrics;
-
-/// Header on every `positions` record: the input partition it came from.
-pub const HEADER_SRC_PARTITION: &str = "fleetstream.src.partition";
-/// Header on every `positions` record: the input offset it came from.
-pub const HEADER_SRC_OFFSET: &str = "fleetstream.src.offset";
 
 /// A processor with its Kafka clients created and its ops port bound.
 pub struct Application {
     config: Arc<Config>,
     listener: TcpListener,
-    consumer: BaseConsumer<pipeline::Context>,
-    producer: FutureProducer,
-    reader: BaseConsumer,
-    events: Arc<Mutex<Vec<pipeline::RebalanceEvent>>>,
+    clients: pipeline::Clients,
     metrics: Metrics,
     health: Health,
 }
@@ -58,21 +50,22 @@ impl std::fmt::Debug for Application {
     }
 }
 
+/// A topic's partition count, read with a short-lived admin client off the async threads.
+async fn partitions_of(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<Option<i32>> {
+    let (kafka, topic) = (kafka.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let admin = kafka.admin()?;
+        partition_count(admin.inner(), &topic, Duration::from_secs(10))
+    })
+    .await?
+}
+
 impl Application {
-    /// Checks (or creates) the topics, creates the clients, binds the ops port.
+    /// Checks (or creates) the topics, binds the ops port, creates the clients.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
-        let admin = config.kafka.admin()?;
-        let input_partitions = {
-            let (kafka, topic) = (config.kafka.clone(), config.input_topic.clone());
-            tokio::task::spawn_blocking(move || -> anyhow::Result<Option<i32>> {
-                let a = kafka.admin()?;
-                partition_count(a.inner(), &topic, Duration::from_secs(10))
-            })
-            .await??
-        };
-        let Some(input_partitions) = input_partitions else {
-            bail!("input topic {} does not exist (create it, e.g. with scripts/kafka-local)", config.input_topic);
+        let Some(input_partitions) = partitions_of(&config.kafka, &config.input_topic).await? else {
+            bail!("input topic {} does not exist (create it, e.g. with scripts/kafka-local topics)", config.input_topic);
         };
         if config.create_topics {
             let specs = [
@@ -80,18 +73,12 @@ impl Application {
                 TopicSpec::new(&config.latest_topic, input_partitions).config("cleanup.policy", "compact"),
                 TopicSpec::new(&config.dlq_topic, input_partitions),
             ];
-            ensure_topics(&admin, &specs).await?;
+            ensure_topics(&config.kafka.admin()?, &specs).await?;
         }
         // Input partition p is written to partition p of every output: that is what lets a
         // restarted processor find what it already wrote.
         for topic in [&config.positions_topic, &config.latest_topic, &config.dlq_topic] {
-            let (kafka, t) = (config.kafka.clone(), topic.clone());
-            let n = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<i32>> {
-                let a = kafka.admin()?;
-                partition_count(a.inner(), &t, Duration::from_secs(10))
-            })
-            .await??;
-            match n {
+            match partitions_of(&config.kafka, topic).await? {
                 None => bail!("output topic {topic} does not exist (or pass --create-topics true)"),
                 Some(n) if n < input_partitions => bail!(
                     "output topic {topic} has {n} partitions but {} has {input_partitions}: outputs need at least as many",
@@ -101,27 +88,13 @@ impl Application {
             }
         }
 
-        let mut producer_config = config.kafka.producer_config(&config.producer);
-        if let Some(id) = &config.transactional_id {
-            producer_config.set("transactional.id", id);
-        }
-        let producer: FutureProducer = producer_config.create().context("cannot create Kafka producer")?;
-        if config.transactional_id.is_some() {
-            // Fences any earlier producer with the same id and aborts what it left open.
-            let p = producer.clone();
-            tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(30)))
-                .await?
-                .context("cannot initialise Kafka transactions (does the broker support them?)")?;
-        }
-
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let consumer_config = config.kafka.consumer_config(&config.group_id);
-        let context = pipeline::Context { events: events.clone(), metrics: metrics.clone() };
-        let consumer: BaseConsumer<pipeline::Context> = consumer_config.create_with_context(context).context("cannot create Kafka consumer")?;
-        consumer.subscribe(&[&config.input_topic]).context("cannot subscribe")?;
-        let reader = restore::reader(&config)?;
-
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+        let port = listener.local_addr()?.port();
+        let transactional_id = match config.exactly_once {
+            ExactlyOnce::Rebuild => None,
+            ExactlyOnce::Transactions => Some(config.transactional_id.clone().unwrap_or_else(|| default_transactional_id(&config.group_id, port))),
+        };
+        let clients = pipeline::Clients::connect(&config, transactional_id.as_deref(), &metrics).await?;
         tracing::info!(
             addr = %listener.local_addr()?,
             brokers = %config.kafka.brokers,
@@ -129,9 +102,11 @@ impl Application {
             group = %config.group_id,
             input = %config.input_topic,
             partitions = input_partitions,
+            exactly_once = ?config.exactly_once,
+            transactional_id = transactional_id.as_deref().unwrap_or("-"),
             "processor started"
         );
-        Ok(Application { config: Arc::new(config), listener, consumer, producer, reader, events, metrics, health: Health::new() })
+        Ok(Application { config: Arc::new(config), listener, clients, metrics, health: Health::new() })
     }
 
     /// The bound ops port.
@@ -153,43 +128,47 @@ impl Application {
             axum::serve(self.listener, ops).with_graceful_shutdown(server_token.cancelled_owned()).await
         });
         self.health.set_ready();
-        let pipeline = pipeline::Pipeline {
-            config: self.config.clone(),
-            consumer: self.consumer,
-            producer: self.producer.clone(),
-            metrics: self.metrics.clone(),
-            health: self.health.clone(),
-            events: self.events,
-            shutdown: token.clone(),
-            runtime: tokio::runtime::Handle::current(),
-            partitions: HashMap::new(),
-            assigned: Vec::new(),
-            next_offset: HashMap::new(),
-            reader: self.reader,
-        };
+        let pipeline = pipeline::Pipeline::new(self.config.clone(), self.clients, self.metrics.clone(), self.health.clone(), token.clone());
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("consumer".into())
             .spawn(move || {
-                pipeline.run(); // dropping the consumer here closes it and leaves the group
-                let _ = done_tx.send(());
+                let outcome = pipeline.run(); // dropping the consumer here closes it and leaves the group
+                let _ = done_tx.send(outcome);
             })
             .context("cannot start the consumer thread")?;
 
         let mut done_rx = done_rx;
-        tokio::select! {
-            () = shutdown => {}
-            _ = &mut done_rx => bail!("the consumer loop ended unexpectedly"),
-        }
+        let stopped_by_itself = tokio::select! {
+            () = shutdown => None,
+            outcome = &mut done_rx => Some(outcome),
+        };
         self.health.set_stopping();
         token.cancel();
-        if tokio::time::timeout(self.config.shutdown_timeout, done_rx).await.is_err() {
-            tracing::warn!(timeout = ?self.config.shutdown_timeout, "consumer loop did not stop in time");
-        }
-        let producer = self.producer.clone();
-        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+        let outcome = match stopped_by_itself {
+            Some(outcome) => outcome.unwrap_or(Err("the consumer loop ended unexpectedly".into())),
+            None => match tokio::time::timeout(self.config.shutdown_timeout, done_rx).await {
+                Ok(Ok(outcome)) => outcome,
+                _ => {
+                    tracing::warn!(timeout = ?self.config.shutdown_timeout, "consumer loop did not stop in time");
+                    Ok(())
+                }
+            },
+        };
         let _ = server.await;
-        tracing::info!("processor stopped");
-        Ok(())
+        match outcome {
+            Ok(()) => {
+                tracing::info!("processor stopped");
+                Ok(())
+            }
+            Err(why) => bail!("the processor stopped: {why}"),
+        }
     }
+}
+
+/// `<group>-<hostname>-<ops port>`: unique among the instances running at a time (two cannot
+/// share a host and a port) and the same when an instance restarts in place.
+fn default_transactional_id(group: &str, port: u16) -> String {
+    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into());
+    format!("{group}-{host}-{port}")
 }

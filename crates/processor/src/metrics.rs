@@ -25,6 +25,9 @@ pub struct Metrics {
     pub state_loads: IntCounter,
     pub state_load_seconds: Histogram,
     pub commits: IntCounter,
+    pub aborts: IntCounter,
+    pub fenced: IntCounter,
+    pub producers_renewed: IntCounter,
 }
 
 impl Metrics {
@@ -35,7 +38,7 @@ impl Metrics {
         for reason in fleetstream_core::Reason::ALL.iter().filter(|r| !r.retryable()) {
             m.invalid.with_label_values(&[reason.as_str()]);
         }
-        for stage in ["produce", "latest", "restore", "commit"] {
+        for stage in ["produce", "restore", "commit", "abort"] {
             m.retries.with_label_values(&[stage]);
         }
         for kind in ["assign", "revoke"] {
@@ -65,7 +68,10 @@ impl Metrics {
             vehicles: t::gauge(&r, "fleetstream_processor_vehicles", "Vehicles whose state this processor holds."),
             state_loads: t::counter(&r, "fleetstream_processor_state_loads_total", "Partition states rebuilt from vehicle-latest and the positions tail."),
             state_load_seconds: t::histogram(&r, "fleetstream_processor_state_load_seconds", "Time to rebuild one partition's state.", LATENCY_BUCKETS),
-            commits: t::counter(&r, "fleetstream_processor_commits_total", "Offset commits after a batch's outputs were acknowledged."),
+            commits: t::counter(&r, "fleetstream_processor_commits_total", "Batches committed (offsets after their outputs, or one transaction each)."),
+            aborts: t::counter(&r, "fleetstream_processor_transactions_aborted_total", "Transactions aborted after a failure; their batches were rewound and retried."),
+            fenced: t::counter(&r, "fleetstream_processor_commits_refused_total", "Batches not committed because this member may have left the group (assignment lost, or a batch older than the session allows)."),
+            producers_renewed: t::counter(&r, "fleetstream_processor_producers_renewed_total", "Transactional producers made again after Kafka fenced them (a transaction outlived its timeout)."),
             registry: r,
         }
     }

@@ -1,125 +1,242 @@
-//! The consume -> validate -> write -> commit loop.
+//! The consume -> judge -> write -> commit loop.
 //!
 //! It runs on a thread of its own with a `BaseConsumer`, in batches: poll up to `batch_size`
 //! records, judge them (each partition on its own thread; a vehicle lives in one partition, so
-//! no two workers ever see the same vehicle), write every output and wait for every
-//! acknowledgement, write the touched vehicles' latest state, and only then commit. Rebalances
-//! happen inside `poll`, i.e. only between batches, when nothing is in flight: a revoked
-//! partition has always been committed up to what was processed, so the next owner neither
-//! loses nor repeats anything.
+//! no two workers ever see the same vehicle), then write and commit:
+//! - with transactions (the default): the batch's outputs, its vehicles' latest states and the
+//!   input offsets go out in one Kafka transaction; before committing it the loop makes sure it
+//!   is still a member of the group (a frozen instance whose partitions moved on aborts), and
+//!   Kafka itself refuses the offsets of a stale group generation;
+//! - without (`--exactly-once rebuild`): outputs, then latest states, each acknowledged, then
+//!   the offsets; a new owner recognises what was written from the outputs (see `restore`).
+//!
+//! A batch that fails is not retried in place: its transaction is aborted, its partitions'
+//! state is dropped, the consumer is rewound to the batch's first offsets and the loop polls
+//! again after a backoff, so rebalances that happened meanwhile are seen first. Rebalances
+//! happen inside `poll`, i.e. only between batches, when nothing is in flight.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use futures_util::future::join_all;
 use rand::Rng as _;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::message::{Message as _, OwnedMessage};
+use rdkafka::producer::{FutureProducer, Producer as _};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use fleetstream_core::dlq::DlqContext;
 use fleetstream_core::http::Health;
-use fleetstream_core::reason::{Reason, Rejection};
-use fleetstream_core::wire;
-use fleetstream_core::{now_ms, Position, ProcessedPosition};
+use fleetstream_core::now_ms;
+use fleetstream_core::publish::{delivered, Outgoing, PublishError, Publisher};
+use fleetstream_core::reason::Reason;
+use fleetstream_core::ProcessedPosition;
 
+use crate::config::ExactlyOnce;
+use crate::judge::{decide, Decision};
 use crate::metrics::Metrics;
-use crate::restore::{restore, PartitionState};
-use rdkafka::consumer::DefaultConsumerContext;
-use crate::rules::Verdict;
-use crate::state::VehicleState;
-use crate::{Config, HEADER_SRC_OFFSET, HEADER_SRC_PARTITION};
+use crate::outputs::Layout;
+use crate::rebalance::{Context, Events, RebalanceEvent};
+use crate::restore::{self, PartitionState};
+use crate::Config;
 
-/// Header the receiver puts on every raw record: when it received the position.
-const HEADER_RECEIVED_AT: &str = "fleetstream.received_at";
+/// How long a transaction's control calls (offsets, commit, abort) may take.
+const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The processor's Kafka clients.
+pub(crate) struct Clients {
+    consumer: BaseConsumer<Context>,
+    producer: FutureProducer,
+    /// How to make the producer again after Kafka fenced it (transactions only).
+    producer_config: Option<rdkafka::ClientConfig>,
+    reader: restore::Reader,
+    events: Events,
+}
+
+impl Clients {
+    /// Creates the producer (transactional in that mode, with its transactions initialised,
+    /// which fences an earlier instance with the same id and aborts what it left open), the
+    /// consumer (subscribed to the input) and the state reader.
+    pub(crate) async fn connect(config: &Config, transactional_id: Option<&str>, metrics: &Metrics) -> anyhow::Result<Clients> {
+        let mut producer_config = config.kafka.producer_config(&config.producer);
+        if let Some(id) = transactional_id {
+            let timeout = config.transaction_timeout.as_millis();
+            let delivery = config.producer.delivery_timeout.as_millis().min(timeout);
+            producer_config
+                .set("transactional.id", id)
+                .set("transaction.timeout.ms", timeout.to_string())
+                .set("message.timeout.ms", delivery.to_string());
+            config.kafka.apply_overrides(&mut producer_config);
+        }
+        let producer = match transactional_id {
+            None => producer_config.create().context("cannot create Kafka producer")?,
+            Some(_) => {
+                let c = producer_config.clone();
+                tokio::task::spawn_blocking(move || transactional_producer(&c))
+                    .await?
+                    .context("cannot initialise Kafka transactions (does the broker support them? else --exactly-once rebuild)")?
+            }
+        };
+        let producer_config = transactional_id.map(|_| producer_config);
+        let consumer_config = config.kafka.consumer_config(&config.group_id);
+        let events = Events::default();
+        let consumer: BaseConsumer<Context> = consumer_config
+            .create_with_context(Context::new(events.clone(), metrics.clone()))
+            .context("cannot create Kafka consumer")?;
+        consumer.subscribe(&[&config.input_topic]).context("cannot subscribe")?;
+        let reader = restore::reader(config)?;
+        Ok(Clients { consumer, producer, producer_config, reader, events })
+    }
+}
+
+/// A transactional producer with its transactions initialised: this fences any earlier
+/// producer with the same transactional id and aborts what it left open.
+fn transactional_producer(config: &rdkafka::ClientConfig) -> anyhow::Result<FutureProducer> {
+    let producer: FutureProducer = config.create().context("cannot create Kafka producer")?;
+    producer.init_transactions(TXN_CALL_TIMEOUT)?;
+    Ok(producer)
+}
+
+/// A producer fenced this often in a row is not timing out: another running instance shares
+/// its transactional id.
+const MAX_REFENCES: usize = 3;
+const REFENCE_WINDOW: Duration = Duration::from_secs(300);
+
+/// Input records grouped by partition, in offset order.
+type ByPartition = BTreeMap<i32, Vec<OwnedMessage>>;
+
+/// Why a batch could not be committed.
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    /// Worth another try after a rewind (the usual case: a broker unavailable for a while).
+    #[error("{0}")]
+    Retry(String),
+    /// The transactional producer cannot go on: Kafka fenced it (its transaction outlived
+    /// the transaction timeout, or another instance took its transactional id).
+    #[error("{0}")]
+    Fenced(String),
+    /// Shutdown came first.
+    #[error("stopped")]
+    Stopped,
+}
+
+impl From<KafkaError> for BatchError {
+    fn from(error: KafkaError) -> Self {
+        match &error {
+            KafkaError::Transaction(e) if e.is_fatal() => BatchError::Fenced(error.to_string()),
+            _ => BatchError::Retry(error.to_string()),
+        }
+    }
+}
+
+impl From<PublishError> for BatchError {
+    fn from(error: PublishError) -> Self {
+        match error {
+            PublishError::ShuttingDown => BatchError::Stopped,
+            PublishError::Kafka(e) => e.into(),
+            other => BatchError::Retry(other.to_string()),
+        }
+    }
+}
+
+/// Why the loop stops.
 #[derive(Debug)]
-pub(crate) enum RebalanceEvent {
-    Assigned(Vec<i32>),
-    Revoked(Vec<i32>),
+enum Stop {
+    Shutdown,
+    Fatal(String),
 }
 
-/// Records rebalances for the loop to act on after `poll` returns.
-pub(crate) struct Context {
-    pub events: Arc<Mutex<Vec<RebalanceEvent>>>,
-    pub metrics: Metrics,
+/// What a committed batch did, for the metrics.
+#[derive(Debug, Default)]
+struct Tally {
+    valid: u64,
+    invalid: Vec<Reason>,
+    duplicates: u64,
+    replayed: u64,
+    latest: u64,
 }
 
-impl ClientContext for Context {}
-
-impl ConsumerContext for Context {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            tracing::info!(?partitions, "partitions revoked");
-            self.metrics.rebalances.with_label_values(&["revoke"]).inc();
-            if let Ok(mut e) = self.events.lock() {
-                e.push(RebalanceEvent::Revoked(partitions));
-            }
-        }
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                tracing::info!(?partitions, "partitions assigned");
-                self.metrics.rebalances.with_label_values(&["assign"]).inc();
-                if let Ok(mut e) = self.events.lock() {
-                    e.push(RebalanceEvent::Assigned(partitions));
-                }
-            }
-            Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
-            Rebalance::Revoke(_) => {}
-        }
-    }
-}
-
-/// What happens to one input record.
-enum Decision {
-    Valid(ProcessedPosition),
-    Invalid(Rejection),
-    Duplicate,
-    /// Its output was written before a crash or a failed attempt: skip it.
-    Replay,
-}
-
+/// The loop and everything it keeps between batches.
 pub(crate) struct Pipeline {
-    pub config: Arc<Config>,
-    pub consumer: BaseConsumer<Context>,
-    pub producer: FutureProducer,
-    pub metrics: Metrics,
-    pub health: Health,
-    pub events: Arc<Mutex<Vec<RebalanceEvent>>>,
-    pub shutdown: CancellationToken,
-    pub runtime: tokio::runtime::Handle,
-    pub partitions: HashMap<i32, PartitionState>,
-    pub assigned: Vec<i32>,
-    /// Next offset to process per partition, for the lag gauge.
-    pub next_offset: HashMap<i32, i64>,
-    /// Reads the output topics back when a partition's state is rebuilt.
-    pub reader: BaseConsumer<DefaultConsumerContext>,
+    config: Arc<Config>,
+    layout: Layout,
+    consumer: BaseConsumer<Context>,
+    publisher: Publisher,
+    producer_config: Option<rdkafka::ClientConfig>,
+    /// When the producer was last fenced and made again.
+    refenced: Vec<Instant>,
+    reader: restore::Reader,
+    events: Events,
+    metrics: Metrics,
+    health: Health,
+    shutdown: CancellationToken,
+    runtime: tokio::runtime::Handle,
+    /// State of every partition processed since it was assigned.
+    partitions: HashMap<i32, PartitionState>,
+    assigned: Vec<i32>,
+    /// Next offset to process per partition: after the last committed batch.
+    next_offset: HashMap<i32, i64>,
+    /// Batches failed in a row, for the backoff.
+    failures: u32,
 }
 
 impl Pipeline {
-    pub fn run(mut self) {
+    pub(crate) fn new(config: Arc<Config>, clients: Clients, metrics: Metrics, health: Health, shutdown: CancellationToken) -> Self {
+        let Clients { consumer, producer, producer_config, reader, events } = clients;
+        Pipeline {
+            layout: Layout::new(&config),
+            publisher: Publisher::new(producer, shutdown.clone()),
+            producer_config,
+            refenced: Vec::new(),
+            config,
+            consumer,
+            reader,
+            events,
+            metrics,
+            health,
+            shutdown,
+            runtime: tokio::runtime::Handle::current(),
+            partitions: HashMap::new(),
+            assigned: Vec::new(),
+            next_offset: HashMap::new(),
+            failures: 0,
+        }
+    }
+
+    fn transactional(&self) -> bool {
+        self.config.exactly_once == ExactlyOnce::Transactions
+    }
+
+    /// Runs until shutdown or a fatal error (then returns it).
+    pub(crate) fn run(mut self) -> Result<(), String> {
         let mut last_lag = Instant::now();
+        let mut outcome = Ok(());
         while !self.shutdown.is_cancelled() {
+            let started = Instant::now();
             let mut batch = self.collect();
             self.handle_rebalances(&mut batch);
-            if !batch.is_empty() && !self.process(batch) {
-                break; // stopped while retrying: nothing committed, the next owner redoes it
+            if !batch.is_empty() {
+                match self.process(batch, started) {
+                    Ok(()) => {}
+                    Err(Stop::Shutdown) => break,
+                    Err(Stop::Fatal(why)) => {
+                        tracing::error!(error = %why, "cannot go on; stopping");
+                        outcome = Err(why);
+                        break;
+                    }
+                }
             }
             if last_lag.elapsed() > Duration::from_secs(5) {
                 self.update_lag();
                 last_lag = Instant::now();
             }
         }
+        let _ = self.publisher.producer().flush(Duration::from_secs(5));
         tracing::info!("consumer loop stopped; leaving the group");
+        outcome
     }
 
     /// Polls up to `batch_size` records or `batch_wait`, stopping early on a rebalance.
@@ -134,7 +251,7 @@ impl Pipeline {
                 None if batch.is_empty() => return batch,
                 None => break,
             }
-            if self.events.lock().map(|e| !e.is_empty()).unwrap_or(false) {
+            if self.events.pending() {
                 break;
             }
             let Some(left) = self.config.batch_wait.checked_sub(started.elapsed()) else { break };
@@ -146,11 +263,7 @@ impl Pipeline {
     /// Drops the state of revoked partitions, and records fetched from them this round: the
     /// next owner resumes from our last commit, which did not include them.
     fn handle_rebalances(&mut self, batch: &mut Vec<OwnedMessage>) {
-        let events: Vec<RebalanceEvent> = match self.events.lock() {
-            Ok(mut e) => e.drain(..).collect(),
-            Err(_) => return,
-        };
-        for event in events {
+        for event in self.events.take() {
             match event {
                 RebalanceEvent::Revoked(ps) => {
                     for p in &ps {
@@ -174,15 +287,83 @@ impl Pipeline {
         self.metrics.vehicles.set(self.partitions.values().map(|s| s.vehicles.len() as i64).sum());
     }
 
-    /// Processes one batch to the commit. Returns false if shutdown interrupted a retry.
-    fn process(&mut self, batch: Vec<OwnedMessage>) -> bool {
-        let started = Instant::now();
+    /// Takes one batch to its commit, or rewinds it for another try.
+    fn process(&mut self, batch: Vec<OwnedMessage>, started: Instant) -> Result<(), Stop> {
         self.metrics.consumed.inc_by(batch.len() as u64);
         self.metrics.batch_records.observe(batch.len() as f64);
-        let mut by_partition: BTreeMap<i32, Vec<OwnedMessage>> = BTreeMap::new();
+        let by_partition = self.group(batch);
+        if by_partition.is_empty() {
+            return Ok(());
+        }
+        match self.attempt(&by_partition, started) {
+            Ok(tally) => {
+                self.failures = 0;
+                self.mark_committed(&by_partition);
+                self.count(tally);
+                self.health.set_ready();
+                self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Err(BatchError::Retry(why)) => {
+                self.failures += 1;
+                self.metrics.retries.with_label_values(&["produce"]).inc();
+                self.health.set_not_ready(format!("writing outputs failed: {why}"));
+                tracing::warn!(error = %why, failures = self.failures, "batch failed; rewinding to retry it");
+                self.rewind(&by_partition);
+                if self.backoff(self.failures) {
+                    Ok(())
+                } else {
+                    Err(Stop::Shutdown)
+                }
+            }
+            Err(BatchError::Fenced(why)) => {
+                tracing::warn!(error = %why, "the transactional producer was fenced; making it again and retrying the batch");
+                self.rewind(&by_partition);
+                self.renew_producer(why).map_err(Stop::Fatal)
+            }
+            Err(BatchError::Stopped) => Err(Stop::Shutdown),
+        }
+    }
+
+    /// Replaces a fenced transactional producer. A transaction that outlived its timeout
+    /// (a broker failover, a long pause) gets the producer fenced; a new one with the same
+    /// transactional id carries on. Fenced again and again means another running instance
+    /// has the same id: then this one stops.
+    fn renew_producer(&mut self, why: String) -> Result<(), String> {
+        let Some(config) = self.producer_config.clone() else { return Err(why) };
+        self.refenced.retain(|t| t.elapsed() < REFENCE_WINDOW);
+        if self.refenced.len() >= MAX_REFENCES {
+            return Err(format!(
+                "fenced {} times in {REFENCE_WINDOW:?} ({why}): is another processor running with transactional id {:?}?",
+                self.refenced.len() + 1,
+                config.get("transactional.id").unwrap_or_default()
+            ));
+        }
+        self.refenced.push(Instant::now());
+        self.metrics.producers_renewed.inc();
+        let mut attempt = 0;
+        loop {
+            match transactional_producer(&config) {
+                Ok(producer) => {
+                    self.publisher = Publisher::new(producer, self.shutdown.clone());
+                    return Ok(());
+                }
+                Err(error) => {
+                    attempt += 1;
+                    tracing::warn!(error = format!("{error:#}"), attempt, "cannot make the transactional producer again; retrying");
+                    if !self.backoff(attempt) {
+                        return Err("stopped".into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Groups a batch by partition, skipping records at offsets this instance already
+    /// committed (a redelivery after a fetch-position reset).
+    fn group(&mut self, batch: Vec<OwnedMessage>) -> ByPartition {
+        let mut by_partition = ByPartition::new();
         for m in batch {
-            // A record at an offset this instance already processed (a redelivery after a
-            // fetch-position reset) is skipped here: its outputs are written and committed.
             let p = m.partition();
             let floor = by_partition.get(&p).and_then(|v| v.last()).map(|l| l.offset() + 1).or_else(|| self.next_offset.get(&p).copied());
             if floor.is_some_and(|f| m.offset() < f) {
@@ -191,101 +372,267 @@ impl Pipeline {
             }
             by_partition.entry(p).or_default().push(m);
         }
-        if by_partition.is_empty() {
-            return true;
-        }
-        let transactional = self.config.transactional_id.is_some();
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            // (Re)build the state of partitions we hold none for: new ones, or all of them after
-            // a failed attempt, so that what that attempt did write is recognised.
-            for (p, msgs) in &by_partition {
-                if !self.partitions.contains_key(p) {
-                    let resume_from = msgs.first().map(|m| m.offset()).unwrap_or(0);
-                    match self.load(*p, resume_from) {
-                        Some(state) => {
-                            self.partitions.insert(*p, state);
-                        }
-                        None => return false,
-                    }
-                }
-            }
-            let t_decide = Instant::now();
-            let decisions = self.decide(&by_partition);
-            let t_write = Instant::now();
-            let written = if transactional {
-                self.transaction(&by_partition, &decisions, attempt)
-            } else {
-                self.write_outputs(&by_partition, &decisions, attempt)
-            };
-            match written {
-                Ok(()) => {
-                    tracing::debug!(
-                        records = by_partition.values().map(Vec::len).sum::<usize>(),
-                        decide_ms = (t_write - t_decide).as_secs_f64() * 1e3,
-                        write_ms = t_write.elapsed().as_secs_f64() * 1e3,
-                        "batch outputs written"
-                    );
-                    break;
-                }
-                Err(error) => {
-                    self.metrics.retries.with_label_values(&["produce"]).inc();
-                    self.health.set_not_ready(format!("writing outputs failed: {error}"));
-                    tracing::warn!(%error, attempt, "writing outputs failed; rebuilding state and retrying");
-                    if let KafkaError::Transaction(e) = &error {
-                        if e.is_fatal() {
-                            tracing::error!(%error, "fatal transaction error (fenced by a newer instance?); stopping");
-                            return false;
-                        }
-                    }
-                    if transactional {
-                        if let Err(error) = self.producer.abort_transaction(Duration::from_secs(30)) {
-                            tracing::warn!(%error, "aborting the transaction failed");
-                        }
-                    }
-                    for p in by_partition.keys() {
-                        self.partitions.remove(p);
-                    }
-                    if !self.backoff(attempt) {
-                        return false;
-                    }
-                }
-            }
-        }
-        let t_commit = Instant::now();
-        if transactional {
-            // The offsets went out with the transaction.
-            self.mark_committed(&by_partition);
-            self.metrics.commits.inc();
-        } else {
-            let mut attempt = 0u32;
-            while let Err(error) = self.write_latest(&by_partition) {
-                attempt += 1;
-                self.metrics.retries.with_label_values(&["latest"]).inc();
-                self.health.set_not_ready(format!("writing vehicle-latest failed: {error}"));
-                tracing::warn!(%error, attempt, "writing vehicle-latest failed; retrying");
-                if !self.backoff(attempt) {
-                    return false;
-                }
-            }
-            self.commit(&by_partition);
-        }
-        tracing::debug!(
-            total_ms = started.elapsed().as_secs_f64() * 1e3,
-            commit_ms = t_commit.elapsed().as_secs_f64() * 1e3,
-            "batch committed"
-        );
-        self.health.set_ready();
-        self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
-        true
+        by_partition
     }
 
-    fn load(&mut self, partition: i32, resume_from: i64) -> Option<PartitionState> {
+    /// One try at a batch: state, decisions, outputs, commit.
+    fn attempt(&mut self, by_partition: &ByPartition, started: Instant) -> Result<Tally, BatchError> {
+        for (p, msgs) in by_partition {
+            if !self.partitions.contains_key(p) {
+                let resume_from = msgs.first().map(|m| m.offset()).unwrap_or(0);
+                let state = self.load(*p, resume_from)?;
+                self.partitions.insert(*p, state);
+            }
+        }
+        let t_decide = Instant::now();
+        let decisions = self.decide(by_partition);
+        let t_write = Instant::now();
+        let tally = if self.transactional() {
+            self.commit_in_transaction(by_partition, &decisions)?
+        } else {
+            self.write_then_commit(by_partition, &decisions)?
+        };
+        tracing::debug!(
+            records = by_partition.values().map(Vec::len).sum::<usize>(),
+            decide_ms = (t_write - t_decide).as_secs_f64() * 1e3,
+            write_commit_ms = t_write.elapsed().as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "batch committed"
+        );
+        Ok(tally)
+    }
+
+    /// Judges every record; each partition on its own thread.
+    fn decide(&mut self, by_partition: &ByPartition) -> HashMap<i32, Vec<Decision>> {
+        let rules = &self.config.rules;
+        let now = now_ms();
+        let mut work: Vec<(i32, &mut PartitionState, &Vec<OwnedMessage>)> = self
+            .partitions
+            .iter_mut()
+            .filter_map(|(p, s)| by_partition.get(p).map(|msgs| (*p, s, msgs)))
+            .collect();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = work
+                .iter_mut()
+                .map(|(p, state, msgs)| {
+                    let p = *p;
+                    scope.spawn(move || (p, msgs.iter().map(|m| decide(rules, state, m, now)).collect::<Vec<_>>()))
+                })
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        })
+    }
+
+    /// The transactional commit: outputs, latest states and offsets, atomically.
+    fn commit_in_transaction(&mut self, by_partition: &ByPartition, decisions: &HashMap<i32, Vec<Decision>>) -> Result<Tally, BatchError> {
+        let producer = self.publisher.producer().clone();
+        producer.begin_transaction()?;
+        let result = (|| {
+            let mut tally = self.write_outputs(by_partition, decisions)?;
+            tally.latest = self.write_latest(by_partition)?;
+            let metadata = self.membership()?;
+            producer.send_offsets_to_transaction(&self.offsets_after(by_partition), &metadata, TXN_CALL_TIMEOUT)?;
+            producer.commit_transaction(TXN_CALL_TIMEOUT)?;
+            Ok(tally)
+        })();
+        if let Err(error) = &result {
+            if matches!(error, BatchError::Fenced(_)) {
+                return result;
+            }
+            self.abort(&producer)?;
+        }
+        result
+    }
+
+    /// Aborts the open transaction; its records stay invisible to read_committed readers.
+    /// While Kafka is unreachable the abort is retried (with backoff) until it succeeds: the
+    /// producer cannot begin another transaction before.
+    fn abort(&self, producer: &FutureProducer) -> Result<(), BatchError> {
+        let mut attempt = 0;
+        loop {
+            match producer.abort_transaction(TXN_CALL_TIMEOUT) {
+                Ok(()) => {
+                    self.metrics.aborts.inc();
+                    return Ok(());
+                }
+                Err(KafkaError::Transaction(t)) if t.is_fatal() => return Err(BatchError::Fenced(format!("cannot abort the transaction: {t}"))),
+                Err(error) => {
+                    attempt += 1;
+                    self.metrics.retries.with_label_values(&["abort"]).inc();
+                    tracing::warn!(%error, attempt, "aborting the transaction failed; retrying");
+                    if !self.backoff(attempt) {
+                        return Err(BatchError::Stopped);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The group metadata to commit the offsets with, unless this member has lost its
+    /// assignment (evicted while frozen or cut off). Taken before the check: librdkafka marks
+    /// the assignment lost before it can forget its generation (that happens only when it
+    /// rejoins, after `poll` served the revocation), so a snapshot taken while the assignment
+    /// was not lost carries the generation Kafka checks, and Kafka refuses the offsets of a
+    /// stale one.
+    fn membership(&self) -> Result<rdkafka::consumer::ConsumerGroupMetadata, BatchError> {
+        let metadata = self.consumer.group_metadata().ok_or_else(|| BatchError::Retry("no consumer group metadata yet".into()))?;
+        if self.consumer.assignment_lost() {
+            self.metrics.fenced.inc();
+            return Err(BatchError::Retry("the consumer's assignment was lost (evicted from the group)".into()));
+        }
+        Ok(metadata)
+    }
+
+    /// Without transactions: outputs acknowledged, then latest states acknowledged, then the
+    /// offsets. A failed commit is not retried: the next owner re-reads those records and the
+    /// restored state recognises them as written.
+    fn write_then_commit(&mut self, by_partition: &ByPartition, decisions: &HashMap<i32, Vec<Decision>>) -> Result<Tally, BatchError> {
+        let mut tally = self.write_outputs(by_partition, decisions)?;
+        tally.latest = self.write_latest(by_partition)?;
+        match self.consumer.commit(&self.offsets_after(by_partition), CommitMode::Sync) {
+            Ok(()) => {}
+            Err(error) => {
+                self.metrics.retries.with_label_values(&["commit"]).inc();
+                tracing::warn!(%error, "offset commit failed; these records will be re-read and recognised as already written");
+            }
+        }
+        Ok(tally)
+    }
+
+    /// Writes valid positions and dead letters, and waits for every acknowledgement.
+    fn write_outputs(&self, by_partition: &ByPartition, decisions: &HashMap<i32, Vec<Decision>>) -> Result<Tally, BatchError> {
+        let mut tally = Tally::default();
+        let mut records: Vec<Outgoing<'_>> = Vec::new();
+        let now = now_ms();
+        let attempts = self.failures + 1;
+        for (p, msgs) in by_partition {
+            let Some(ds) = decisions.get(p) else { continue };
+            for (m, d) in msgs.iter().zip(ds) {
+                match d {
+                    Decision::Valid(pos) => {
+                        // A struct of numbers and booleans always serialises.
+                        let payload = serde_json::to_vec(pos).unwrap_or_default();
+                        records.push(self.layout.position(*p, m.offset(), pos, payload));
+                        tally.valid += 1;
+                        self.observe_latency(pos, now);
+                    }
+                    Decision::Invalid(rejection) => {
+                        records.push(self.layout.dead_letter(m, rejection, attempts, now));
+                        tally.invalid.push(rejection.reason);
+                    }
+                    Decision::Duplicate => tally.duplicates += 1,
+                    Decision::Replay => tally.replayed += 1,
+                }
+            }
+        }
+        self.send_all(&records)?;
+        Ok(tally)
+    }
+
+    /// Writes the latest state of every vehicle the batch changed, and waits for it.
+    fn write_latest(&mut self, by_partition: &ByPartition) -> Result<u64, BatchError> {
+        let mut records = Vec::new();
+        let mut written: Vec<(i32, u64)> = Vec::new();
+        for p in by_partition.keys() {
+            let Some(state) = self.partitions.get(p) else { continue };
+            for (obu_id, v) in state.vehicles.iter().filter(|(_, v)| v.dirty) {
+                let latest = v.to_latest();
+                let payload = serde_json::to_vec(&latest).unwrap_or_default();
+                records.push(self.layout.latest_state(*p, &latest, payload));
+                written.push((*p, *obu_id));
+            }
+        }
+        self.send_all(&records)?;
+        for (p, obu_id) in &written {
+            if let Some(v) = self.partitions.get_mut(p).and_then(|s| s.vehicles.get_mut(obu_id)) {
+                v.dirty = false;
+            }
+        }
+        Ok(written.len() as u64)
+    }
+
+    /// Hands every record to the producer, then waits for every acknowledgement.
+    fn send_all(&self, records: &[Outgoing<'_>]) -> Result<(), BatchError> {
+        let deadline = Instant::now() + self.config.producer.delivery_timeout;
+        let publisher = &self.publisher;
+        self.runtime.block_on(async {
+            let mut deliveries = Vec::with_capacity(records.len());
+            for r in records {
+                deliveries.push(delivered(publisher.enqueue(r, deadline).await?));
+            }
+            for result in join_all(deliveries).await {
+                result?;
+            }
+            Ok(())
+        })
+    }
+
+    fn observe_latency(&self, pos: &ProcessedPosition, now: i64) {
+        self.metrics.end_to_end.with_label_values(&["device"]).observe((now - pos.ts).max(0) as f64 / 1000.0);
+        if let Some(received) = pos.received_at {
+            self.metrics.end_to_end.with_label_values(&["receiver"]).observe((now - received).max(0) as f64 / 1000.0);
+        }
+        if pos.out_of_order {
+            self.metrics.out_of_order.inc();
+        }
+    }
+
+    /// The offsets to commit: after the last record of each partition in the batch.
+    fn offsets_after(&self, by_partition: &ByPartition) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for (p, msgs) in by_partition {
+            if let Some(last) = msgs.last() {
+                let _ = tpl.add_partition_offset(self.layout.input(), *p, Offset::Offset(last.offset() + 1));
+            }
+        }
+        tpl
+    }
+
+    /// Records that the batch is committed: where each partition resumes, and offsets behind
+    /// the commit can no longer be replayed.
+    fn mark_committed(&mut self, by_partition: &ByPartition) {
+        for (p, msgs) in by_partition {
+            if let Some(last) = msgs.last() {
+                self.next_offset.insert(*p, last.offset() + 1);
+                if let Some(s) = self.partitions.get_mut(p) {
+                    s.written.clear();
+                    s.dead_lettered.clear();
+                }
+            }
+        }
+        self.metrics.commits.inc();
+    }
+
+    fn count(&self, tally: Tally) {
+        for reason in &tally.invalid {
+            self.metrics.invalid.with_label_values(&[reason.as_str()]).inc();
+        }
+        self.metrics.valid.inc_by(tally.valid);
+        self.metrics.dlq.inc_by(tally.invalid.len() as u64);
+        self.metrics.duplicates.inc_by(tally.duplicates);
+        self.metrics.replayed.inc_by(tally.replayed);
+        self.metrics.latest_writes.inc_by(tally.latest);
+    }
+
+    /// After a failed batch: forget its partitions' state (rebuilt from Kafka on the next
+    /// try, so that whatever the failed try did write is recognised) and fetch the batch again.
+    fn rewind(&mut self, by_partition: &ByPartition) {
+        for (p, msgs) in by_partition {
+            self.partitions.remove(p);
+            let Some(first) = msgs.first() else { continue };
+            // A partition revoked meanwhile cannot be sought; its next owner starts from our
+            // last commit anyway.
+            if let Err(error) = self.consumer.seek(self.layout.input(), *p, Offset::Offset(first.offset()), Duration::from_secs(5)) {
+                tracing::debug!(partition = p, %error, "cannot rewind partition");
+            }
+        }
+    }
+
+    fn load(&mut self, partition: i32, resume_from: i64) -> Result<PartitionState, BatchError> {
         let mut attempt = 0;
         loop {
             let started = Instant::now();
-            match restore(&self.reader, &self.config, partition, resume_from) {
+            match restore::restore(&self.reader, &self.layout, partition, resume_from) {
                 Ok(state) => {
                     self.metrics.state_loads.inc();
                     self.metrics.state_load_seconds.observe(started.elapsed().as_secs_f64());
@@ -295,17 +642,25 @@ impl Pipeline {
                         vehicles = state.vehicles.len(),
                         already_written = state.written.len(),
                         already_dead_lettered = state.dead_lettered.len(),
+                        secs = started.elapsed().as_secs_f64(),
                         "partition state restored"
                     );
-                    return Some(state);
+                    return Ok(state);
                 }
                 Err(error) => {
                     attempt += 1;
                     self.metrics.retries.with_label_values(&["restore"]).inc();
+                    // A fresh reader: the old one's view of the cluster may be stale after a
+                    // broker failover (librdkafka keeps no interest in partitions it is not
+                    // assigned, so it may never refresh them).
+                    match restore::reader(&self.config) {
+                        Ok(reader) => self.reader = reader,
+                        Err(e) => tracing::warn!(error = format!("{e:#}"), "cannot make a new state reader"),
+                    }
                     self.health.set_not_ready(format!("restoring partition {partition} failed: {error:#}"));
                     tracing::warn!(partition, error = format!("{error:#}"), "restoring partition state failed; retrying");
                     if !self.backoff(attempt) {
-                        return None;
+                        return Err(BatchError::Stopped);
                     }
                 }
             }
@@ -326,219 +681,13 @@ impl Pipeline {
         })
     }
 
-    /// Judges every record; each partition on its own thread.
-    fn decide(&mut self, by_partition: &BTreeMap<i32, Vec<OwnedMessage>>) -> HashMap<i32, Vec<Decision>> {
-        let rules = &self.config.rules;
-        let now = now_ms();
-        let mut work: Vec<(i32, &mut PartitionState, &Vec<OwnedMessage>)> = self
-            .partitions
-            .iter_mut()
-            .filter_map(|(p, s)| by_partition.get(p).map(|msgs| (*p, s, msgs)))
-            .collect();
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = work
-                .iter_mut()
-                .map(|(p, state, msgs)| {
-                    let p = *p;
-                    scope.spawn(move || (p, msgs.iter().map(|m| decide_one(rules, state, m, now)).collect::<Vec<_>>()))
-                })
-                .collect();
-            handles.into_iter().filter_map(|h| h.join().ok()).collect()
-        })
-    }
-
-    /// Writes valid positions and dead letters, then waits for every acknowledgement.
-    fn write_outputs(&self, by_partition: &BTreeMap<i32, Vec<OwnedMessage>>, decisions: &HashMap<i32, Vec<Decision>>, attempt: u32) -> Result<(), KafkaError> {
-        let mut deliveries: Vec<DeliveryFuture> = Vec::new();
-        let mut counts = (0u64, 0u64, 0u64, 0u64);
-        let mut reasons: Vec<Reason> = Vec::new();
-        let now = now_ms();
-        for (p, msgs) in by_partition {
-            let Some(ds) = decisions.get(p) else { continue };
-            for (m, d) in msgs.iter().zip(ds) {
-                match d {
-                    Decision::Valid(pos) => {
-                        let payload = serde_json::to_vec(pos).unwrap_or_default();
-                        let key = pos.obu_id.to_string();
-                        let (sp, so) = (p.to_string(), m.offset().to_string());
-                        let headers = OwnedHeaders::new_with_capacity(2)
-                            .insert(Header { key: HEADER_SRC_PARTITION, value: Some(sp.as_bytes()) })
-                            .insert(Header { key: HEADER_SRC_OFFSET, value: Some(so.as_bytes()) });
-                        let record = FutureRecord::to(&self.config.positions_topic)
-                            .partition(*p)
-                            .key(&key)
-                            .payload(&payload)
-                            .headers(headers)
-                            .timestamp(pos.ts);
-                        deliveries.push(self.send(record)?);
-                        counts.0 += 1;
-                        self.observe_latency(pos, now);
-                    }
-                    Decision::Invalid(rejection) => {
-                        let context = DlqContext {
-                            stage: "processor",
-                            topic: &self.config.input_topic,
-                            partition: Some(*p),
-                            offset: Some(m.offset()),
-                            timestamp: m.timestamp().to_millis(),
-                            group: &self.config.group_id,
-                            reason: rejection.reason,
-                            message: &rejection.message,
-                            attempts: attempt,
-                            failed_at: now,
-                            peer: None,
-                            connection: None,
-                            obu_id: None,
-                            seq: None,
-                        };
-                        let mut record = FutureRecord::<[u8], [u8]>::to(&self.config.dlq_topic)
-                            .partition(*p)
-                            .payload(m.payload().unwrap_or_default())
-                            .headers(context.headers());
-                        if let Some(key) = m.key() {
-                            record = record.key(key);
-                        }
-                        deliveries.push(self.send(record)?);
-                        reasons.push(rejection.reason);
-                        counts.1 += 1;
-                    }
-                    Decision::Duplicate => counts.2 += 1,
-                    Decision::Replay => counts.3 += 1,
-                }
-            }
-        }
-        let results = self.runtime.block_on(join_all(deliveries));
-        for r in results {
-            match r {
-                Ok(Ok(_)) => {}
-                Ok(Err((error, _))) => return Err(error),
-                Err(_) => return Err(KafkaError::Canceled),
-            }
-        }
-        for reason in reasons {
-            self.metrics.invalid.with_label_values(&[reason.as_str()]).inc();
-        }
-        self.metrics.valid.inc_by(counts.0);
-        self.metrics.dlq.inc_by(counts.1);
-        self.metrics.duplicates.inc_by(counts.2);
-        self.metrics.replayed.inc_by(counts.3);
-        Ok(())
-    }
-
-    fn send<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(&self, mut record: FutureRecord<'_, K, P>) -> Result<DeliveryFuture, KafkaError> {
-        loop {
-            match self.producer.send_result(record) {
-                Ok(d) => return Ok(d),
-                Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((error, _)) => return Err(error),
-            }
-        }
-    }
-
-    fn observe_latency(&self, pos: &ProcessedPosition, now: i64) {
-        self.metrics.end_to_end.with_label_values(&["device"]).observe((now - pos.ts).max(0) as f64 / 1000.0);
-        if let Some(received) = pos.received_at {
-            self.metrics.end_to_end.with_label_values(&["receiver"]).observe((now - received).max(0) as f64 / 1000.0);
-        }
-        if pos.out_of_order {
-            self.metrics.out_of_order.inc();
-        }
-    }
-
-    /// Writes the latest state of every vehicle the batch changed, and waits for it.
-    fn write_latest(&mut self, by_partition: &BTreeMap<i32, Vec<OwnedMessage>>) -> Result<(), KafkaError> {
-        let mut deliveries = Vec::new();
-        let mut written: Vec<(i32, u64)> = Vec::new();
-        for p in by_partition.keys() {
-            let Some(state) = self.partitions.get(p) else { continue };
-            for (obu_id, v) in state.vehicles.iter().filter(|(_, v)| v.dirty) {
-                let payload = serde_json::to_vec(&v.to_latest()).unwrap_or_default();
-                let key = obu_id.to_string();
-                let record = FutureRecord::to(&self.config.latest_topic)
-                    .partition(*p)
-                    .key(&key)
-                    .payload(&payload)
-                    .timestamp(v.latest.ts);
-                deliveries.push(self.send(record)?);
-                written.push((*p, *obu_id));
-            }
-        }
-        for r in self.runtime.block_on(join_all(deliveries)) {
-            match r {
-                Ok(Ok(_)) => {}
-                Ok(Err((error, _))) => return Err(error),
-                Err(_) => return Err(KafkaError::Canceled),
-            }
-        }
-        self.metrics.latest_writes.inc_by(written.len() as u64);
-        for (p, obu_id) in written {
-            if let Some(v) = self.partitions.get_mut(&p).and_then(|s| s.vehicles.get_mut(&obu_id)) {
-                v.dirty = false;
-            }
-        }
-        Ok(())
-    }
-
-    /// One batch as one Kafka transaction: outputs, latest state and input offsets commit
-    /// together or not at all.
-    fn transaction(&mut self, by_partition: &BTreeMap<i32, Vec<OwnedMessage>>, decisions: &HashMap<i32, Vec<Decision>>, attempt: u32) -> Result<(), KafkaError> {
-        self.producer.begin_transaction()?;
-        self.write_outputs(by_partition, decisions, attempt)?;
-        self.write_latest(by_partition)?;
-        let metadata = self.consumer.group_metadata().ok_or(KafkaError::Canceled)?;
-        self.producer.send_offsets_to_transaction(&self.offsets_after(by_partition), &metadata, Duration::from_secs(30))?;
-        self.producer.commit_transaction(Duration::from_secs(30))
-    }
-
-    /// The offsets to commit: after the last record of each partition in the batch.
-    fn offsets_after(&self, by_partition: &BTreeMap<i32, Vec<OwnedMessage>>) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::new();
-        for (p, msgs) in by_partition {
-            if let Some(last) = msgs.last() {
-                let _ = tpl.add_partition_offset(&self.config.input_topic, *p, Offset::Offset(last.offset() + 1));
-            }
-        }
-        tpl
-    }
-
-    /// Records that the batch is committed: lag bookkeeping, and offsets behind the commit can
-    /// no longer be replayed.
-    fn mark_committed(&mut self, by_partition: &BTreeMap<i32, Vec<OwnedMessage>>) {
-        for (p, msgs) in by_partition {
-            if let Some(last) = msgs.last() {
-                self.next_offset.insert(*p, last.offset() + 1);
-                if let Some(s) = self.partitions.get_mut(p) {
-                    s.written.clear();
-                    s.dead_lettered.clear();
-                }
-            }
-        }
-    }
-
-    /// Commits the offset after the last record of each partition in the batch. A failed
-    /// commit is not retried: the next owner re-reads those records, and the restored state
-    /// makes their second pass a no-op.
-    fn commit(&mut self, by_partition: &BTreeMap<i32, Vec<OwnedMessage>>) {
-        let tpl = self.offsets_after(by_partition);
-        self.mark_committed(by_partition);
-        match self.consumer.commit(&tpl, CommitMode::Sync) {
-            Ok(()) => self.metrics.commits.inc(),
-            Err(error) => {
-                self.metrics.retries.with_label_values(&["commit"]).inc();
-                tracing::warn!(%error, "offset commit failed; these records will be re-read and recognised as already written");
-            }
-        }
-    }
-
     fn update_lag(&self) {
+        let input = self.layout.input();
         for p in &self.assigned {
-            let Ok((_, high)) = self.consumer.fetch_watermarks(&self.config.input_topic, *p, Duration::from_secs(1)) else { continue };
+            let Ok((_, high)) = self.consumer.fetch_watermarks(input, *p, Duration::from_secs(1)) else { continue };
             let next = self.next_offset.get(p).copied().or_else(|| {
                 let mut tpl = TopicPartitionList::new();
-                tpl.add_partition(&self.config.input_topic, *p);
+                tpl.add_partition(input, *p);
                 self.consumer.committed_offsets(tpl, Duration::from_secs(1)).ok().and_then(|t| {
                     t.elements().first().and_then(|e| e.offset().to_raw()).filter(|o| *o >= 0)
                 })
@@ -547,55 +696,4 @@ impl Pipeline {
             self.metrics.lag.with_label_values(&[&p.to_string()]).set(lag.max(0));
         }
     }
-}
-
-fn header_i64(m: &OwnedMessage, key: &str) -> Option<i64> {
-    let h = m.headers()?;
-    h.iter().find(|h| h.key == key).and_then(|h| h.value).and_then(|v| std::str::from_utf8(v).ok()).and_then(|s| s.parse().ok())
-}
-
-/// Decides one record, updating the vehicle's state if it is valid.
-fn decide_one(rules: &crate::rules::Rules, state: &mut PartitionState, m: &OwnedMessage, now: i64) -> Decision {
-    if state.written.contains(&m.offset()) || state.dead_lettered.contains(&m.offset()) {
-        return Decision::Replay;
-    }
-    let position = match parse_record(m) {
-        Ok(p) => p,
-        Err(r) => return Decision::Invalid(r),
-    };
-    let received_at = header_i64(m, HEADER_RECEIVED_AT).or_else(|| m.timestamp().to_millis());
-    match rules.judge(&position, state.vehicles.get(&position.obu_id), received_at, now) {
-        Verdict::Valid(p) => {
-            match state.vehicles.get_mut(&p.obu_id) {
-                Some(v) => v.apply(p.clone()),
-                None => {
-                    state.vehicles.insert(p.obu_id, VehicleState::new(p.clone()));
-                }
-            }
-            Decision::Valid(p)
-        }
-        Verdict::Invalid(r) => Decision::Invalid(r),
-        Verdict::Duplicate => Decision::Duplicate,
-    }
-}
-
-/// A raw record to a position: structure, then the key.
-fn parse_record(m: &OwnedMessage) -> Result<Position, Rejection> {
-    let payload = m.payload().unwrap_or_default();
-    let text = std::str::from_utf8(payload).map_err(|e| Rejection::new(Reason::MalformedJson, format!("the record is not UTF-8: {e}")))?;
-    let element = wire::parse_element(text);
-    let wire = element.parsed?;
-    let (Some(seq), Some(ts)) = (wire.seq, wire.ts) else {
-        let field = if wire.seq.is_none() { "seq" } else { "ts" };
-        return Err(Rejection::new(Reason::MissingField, format!("missing required field `{field}`")));
-    };
-    let position = wire.into_position(|| seq, || ts);
-    let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
-    if key != Some(position.key().as_str()) {
-        return Err(Rejection::new(
-            Reason::KeyMismatch,
-            format!("record key {:?} is not the position's obu_id {}", key.unwrap_or("<none>"), position.obu_id),
-        ));
-    }
-    Ok(position)
 }

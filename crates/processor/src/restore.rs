@@ -1,5 +1,7 @@
-//! Rebuilding a partition's state from what the processor already wrote, so that exactly-once
-//! holds without Kafka transactions (see docs/processing.md, "Guarantees").
+//! Rebuilding a partition's state from what the processor already wrote (see
+//! docs/processing.md, "Guarantees"). With Kafka transactions this is the per-vehicle state
+//! (latest position, duplicate window) as of the last committed batch; without them it also
+//! tells which input records of an unfinished batch were already written.
 //!
 //! Input partition p maps to partition p of every output topic (the processor writes there
 //! explicitly). When p is assigned, with C the offset processing resumes from:
@@ -16,15 +18,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 
-use fleetstream_core::dlq;
-use fleetstream_core::position::VehicleLatest;
-use fleetstream_core::ProcessedPosition;
-
+use crate::outputs::Layout;
 use crate::state::VehicleState;
-use crate::{Config, HEADER_SRC_OFFSET};
+use crate::Config;
 
 /// What is known of one input partition.
 #[derive(Debug, Default)]
@@ -39,35 +38,60 @@ pub struct PartitionState {
 /// How many records one step of a backward scan reads.
 const CHUNK: i64 = 2_000;
 /// A read that makes no progress for this long fails (and is retried by the caller).
-const STALL: Duration = Duration::from_secs(15);
+/// Longer than the default transaction timeout: an open transaction of a crashed instance holds a
+/// read up to that long.
+const STALL: Duration = Duration::from_secs(45);
+
+/// The state reader's context: end-of-partition is how every read ends, not an error worth
+/// logging.
+pub struct ReaderContext;
+
+impl rdkafka::ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!(%error, reason, "state reader: Kafka client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReaderContext {}
+
+/// The state reader's consumer.
+pub type Reader = BaseConsumer<ReaderContext>;
 
 /// A consumer used only with `assign`, kept for the life of the processor so that a restore
 /// costs a few round trips, not a new connection.
-pub fn reader(config: &Config) -> anyhow::Result<BaseConsumer> {
+pub fn reader(config: &Config) -> anyhow::Result<Reader> {
     let mut client = config.kafka.client_config();
     client
         .set("group.id", format!("{}-restore", config.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        // Every read ends at the end of its partition: the broker should say so at once, not
+        // after holding an empty fetch for librdkafka's default 500 ms.
+        .set("fetch.wait.max.ms", "10")
+        // Only what was committed counts: a transaction left open by a crashed or fenced
+        // instance is aborted, and its records must not be taken for written.
+        .set("isolation.level", "read_committed");
     config.kafka.apply_overrides(&mut client);
-    client.create().context("cannot create state reader")
+    client.create_with_context(ReaderContext).context("cannot create state reader")
 }
 
-pub fn restore(reader: &BaseConsumer, config: &Config, partition: i32, resume_from: i64) -> anyhow::Result<PartitionState> {
+pub fn restore(reader: &Reader, layout: &Layout, partition: i32, resume_from: i64) -> anyhow::Result<PartitionState> {
     let mut state = PartitionState::default();
 
-    let (low, high) = reader.fetch_watermarks(&config.latest_topic, partition, Duration::from_secs(10))?;
-    read_range(reader, &config.latest_topic, partition, low, high, |m| {
-        if let Some(latest) = m.payload().and_then(|b| serde_json::from_slice::<VehicleLatest>(b).ok()) {
+    let (low, high) = stable_watermarks(reader, layout.latest(), partition)?;
+    read_range(reader, layout.latest(), partition, low, high, |m| {
+        if let Some(latest) = Layout::latest_of(m) {
             state.vehicles.insert(latest.position.obu_id, VehicleState::from_latest(latest));
         }
     })?;
 
-    let tail = scan_tail(reader, &config.positions_topic, partition, resume_from, |m| header_i64(m, HEADER_SRC_OFFSET))?;
-    for (src_offset, payload) in tail {
+    let tail = scan_tail(reader, layout.positions(), partition, resume_from, |m| Layout::written_offset(m), |m| Layout::position_of(m))?;
+    for (src_offset, position) in tail {
         state.written.insert(src_offset);
-        if let Ok(p) = serde_json::from_slice::<ProcessedPosition>(&payload) {
+        if let Some(p) = position {
             match state.vehicles.get_mut(&p.obu_id) {
                 Some(v) => v.apply(p),
                 None => {
@@ -77,19 +101,13 @@ pub fn restore(reader: &BaseConsumer, config: &Config, partition: i32, resume_fr
         }
     }
 
-    let input = config.input_topic.as_str();
-    let dlq_tail = scan_tail(reader, &config.dlq_topic, partition, resume_from, |m| {
-        let ours = header_str(m, dlq::STAGE) == Some("processor")
-            && header_str(m, dlq::TOPIC) == Some(input)
-            && header_i64(m, dlq::PARTITION) == Some(partition as i64);
-        if ours { header_i64(m, dlq::OFFSET) } else { None }
-    })?;
-    state.dead_lettered = dlq_tail.into_iter().map(|(o, _)| o).collect();
+    let dead = scan_tail(reader, layout.dlq(), partition, resume_from, |m| layout.dead_lettered_offset(m, partition), |_| ())?;
+    state.dead_lettered = dead.into_iter().map(|(offset, ())| offset).collect();
     Ok(state)
 }
 
 /// Reads `[from, to)` of a partition, calling `each` per record.
-fn read_range(reader: &BaseConsumer, topic: &str, partition: i32, from: i64, to: i64, mut each: impl FnMut(&BorrowedMessage<'_>)) -> anyhow::Result<()> {
+fn read_range(reader: &Reader, topic: &str, partition: i32, from: i64, to: i64, mut each: impl FnMut(&BorrowedMessage<'_>)) -> anyhow::Result<()> {
     if from >= to {
         return Ok(());
     }
@@ -111,6 +129,9 @@ fn read_range(reader: &BaseConsumer, topic: &str, partition: i32, from: i64, to:
                     break;
                 }
             }
+            // The end as a read_committed reader sees it (`stable_watermarks` waited until
+            // that is the high watermark); a partition may end with a transaction marker, which
+            // is never delivered as a record.
             Some(Err(KafkaError::PartitionEOF(p))) if p == partition => break,
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             // Client-wide errors (all brokers down, a transport failure) can be left in the
@@ -125,16 +146,47 @@ fn read_range(reader: &BaseConsumer, topic: &str, partition: i32, from: i64, to:
     Ok(())
 }
 
-/// Reads a partition backwards in chunks, collecting records whose source offset (as given by
-/// `src`) is at least `resume_from`, until one below it is found. Output in offset order.
-fn scan_tail(
-    reader: &BaseConsumer,
+/// A partition's low and high watermarks once no transaction is open in it: the last stable
+/// offset (the end a read_committed reader sees) has reached the high watermark. A transaction
+/// left open by a crashed or frozen instance holds it back until Kafka aborts it (at the
+/// instance's transaction timeout, or at once when the same transactional id starts again);
+/// reading before that would miss what was committed after it.
+fn stable_watermarks(reader: &Reader, topic: &str, partition: i32) -> anyhow::Result<(i64, i64)> {
+    let started = Instant::now();
+    loop {
+        let (low, high) = reader
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .with_context(|| format!("cannot read the watermarks of {topic}[{partition}]"))?;
+        let mut latest = TopicPartitionList::new();
+        latest.add_partition_offset(topic, partition, Offset::End)?;
+        // ListOffsets(latest) under read_committed answers the last stable offset.
+        let stable = reader
+            .offsets_for_times(latest, Duration::from_secs(10))
+            .with_context(|| format!("cannot read the last stable offset of {topic}[{partition}]"))?
+            .find_partition(topic, partition)
+            .and_then(|e| e.offset().to_raw());
+        if stable.is_some_and(|lso| lso >= high) {
+            return Ok((low, high));
+        }
+        if started.elapsed() > STALL {
+            bail!("{topic}[{partition}] has had a transaction open for {STALL:?} (last stable offset {stable:?}, high watermark {high})");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Reads a partition backwards in chunks, keeping `value` of each record whose source offset
+/// (as given by `src`) is at least `resume_from`, until one below it is found. Output in offset
+/// order.
+fn scan_tail<T>(
+    reader: &Reader,
     topic: &str,
     partition: i32,
     resume_from: i64,
     src: impl Fn(&BorrowedMessage<'_>) -> Option<i64>,
-) -> anyhow::Result<Vec<(i64, Vec<u8>)>> {
-    let (low, high) = reader.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+    value: impl Fn(&BorrowedMessage<'_>) -> T,
+) -> anyhow::Result<Vec<(i64, T)>> {
+    let (low, high) = stable_watermarks(reader, topic, partition)?;
     let mut found = Vec::new();
     let mut end = high;
     while end > low {
@@ -142,7 +194,7 @@ fn scan_tail(
         let mut chunk = Vec::new();
         let mut reached = false;
         read_range(reader, topic, partition, start, end, |m| match src(m) {
-            Some(o) if o >= resume_from => chunk.push((o, m.payload().unwrap_or_default().to_vec())),
+            Some(o) if o >= resume_from => chunk.push((o, value(m))),
             Some(_) => reached = true,
             None => {}
         })?;
@@ -154,12 +206,4 @@ fn scan_tail(
         end = start;
     }
     Ok(found)
-}
-
-fn header_str<'a>(m: &'a BorrowedMessage<'_>, key: &str) -> Option<&'a str> {
-    m.headers()?.iter().find(|h| h.key == key).and_then(|h| h.value).and_then(|v| std::str::from_utf8(v).ok())
-}
-
-fn header_i64(m: &BorrowedMessage<'_>, key: &str) -> Option<i64> {
-    header_str(m, key)?.parse().ok()
 }

@@ -39,18 +39,6 @@ pub struct Rules {
     pub reject_null_island: bool,
 }
 
-impl Default for Rules {
-    fn default() -> Self {
-        Rules {
-            max_future: Duration::from_secs(30),
-            max_age: Duration::from_secs(7 * 24 * 3600),
-            max_speed_kmh: 300.0,
-            teleport_min_distance_m: 100.0,
-            reject_null_island: true,
-        }
-    }
-}
-
 /// What the processor decides about one structurally valid position.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
@@ -186,6 +174,16 @@ mod tests {
 
     const NOW: i64 = 1_800_000_000_000;
 
+    /// The rules with their documented defaults (the flags' defaults: one home).
+    fn defaults() -> Rules {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            rules: Rules,
+        }
+        <Cli as clap::Parser>::parse_from(["processor"]).rules
+    }
+
     fn pos(seq: u64, ts: i64, lat: f64, lon: f64) -> Position {
         Position { obu_id: 1, seq, ts, lat, lon, speed: None, heading: None }
     }
@@ -199,7 +197,7 @@ mod tests {
 
     #[test]
     fn each_rule_has_its_reason() {
-        let rules = Rules::default();
+        let rules = defaults();
         let judge = |p: Position| reason(rules.judge(&p, None, None, NOW));
         assert_eq!(judge(pos(1, NOW, 91.0, 0.5)), Some(Reason::LatOutOfRange));
         assert_eq!(judge(pos(1, NOW, -90.5, 0.5)), Some(Reason::LatOutOfRange));
@@ -211,13 +209,13 @@ mod tests {
         assert_eq!(judge(Position { speed: Some(-1.0), ..pos(1, NOW, 1.0, 1.0) }), Some(Reason::SpeedOutOfRange));
         assert_eq!(judge(Position { speed: Some(301.0), ..pos(1, NOW, 1.0, 1.0) }), Some(Reason::SpeedOutOfRange));
         assert_eq!(judge(Position { heading: Some(360.0), ..pos(1, NOW, 1.0, 1.0) }), Some(Reason::HeadingOutOfRange));
-        let lenient = Rules { reject_null_island: false, ..Rules::default() };
+        let lenient = Rules { reject_null_island: false, ..defaults() };
         assert_eq!(reason(lenient.judge(&pos(1, NOW, 0.0, 0.0), None, None, NOW)), None);
     }
 
     #[test]
     fn history_rules_and_enrichment() {
-        let rules = Rules::default();
+        let rules = defaults();
         let first = match rules.judge(&pos(10, NOW - 10_000, 52.0, 13.0), None, Some(NOW - 9_990), NOW) {
             Verdict::Valid(p) => p,
             other => panic!("{other:?}"),

@@ -13,26 +13,19 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt as _, StreamExt as _};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use rdkafka::producer::DeliveryFuture;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
-use fleetstream_core::dlq::DlqContext;
 use fleetstream_core::frames::{ErrorFrame, ServerFrame};
+use fleetstream_core::now_ms;
 use fleetstream_core::reason::{Reason, Rejection};
 use fleetstream_core::wire::{self, WirePosition};
-use fleetstream_core::{now_ms, Position};
 
 use crate::auth::Allowed;
-use crate::limits::{AbuseWindow, TokenBucket};
-use crate::Shared;
-
-/// Record headers the receiver adds to every `gpscoords` record.
-pub const HEADER_RECEIVED_AT: &str = "fleetstream.received_at";
-pub const HEADER_RECEIVER: &str = "fleetstream.receiver";
-pub const HEADER_FORMAT: &str = "fleetstream.format";
+use crate::ingest::{Ingest, Refused};
+use crate::limits::{AbuseWindow, ConnectionLimits, TokenBucket};
+use crate::metrics::Metrics;
 
 /// WebSocket close codes (RFC 6455 section 7.4.1).
 pub mod close_code {
@@ -75,8 +68,48 @@ struct Ending {
     label: &'static str,
 }
 
+/// A refusal to send back: why, and what is known of the refused input.
+struct Refusal<'a> {
+    rejection: Rejection,
+    /// The input's bytes: kept in the DLQ unless the refusal is retryable.
+    raw: Option<&'a [u8]>,
+    obu_id: Option<u64>,
+    seq: Option<u64>,
+    /// Position of the input in an array frame.
+    index: Option<usize>,
+}
+
+impl<'a> Refusal<'a> {
+    fn new(rejection: Rejection) -> Self {
+        Refusal { rejection, raw: None, obu_id: None, seq: None, index: None }
+    }
+
+    /// Keeps these bytes as the dead letter.
+    fn keeping(mut self, raw: &'a [u8]) -> Self {
+        self.raw = Some(raw);
+        self
+    }
+
+    /// Names the vehicle (and seq) the input was about, where it could be read.
+    fn about(mut self, id: Option<(u64, Option<u64>)>) -> Self {
+        if let Some((obu_id, seq)) = id {
+            self.obu_id = Some(obu_id);
+            self.seq = seq;
+        }
+        self
+    }
+
+    fn at(mut self, index: Option<usize>) -> Self {
+        self.index = index;
+        self
+    }
+}
+
 pub(crate) struct Connection {
-    shared: Arc<Shared>,
+    ingest: Arc<Ingest>,
+    limits: ConnectionLimits,
+    metrics: Metrics,
+    shutdown: CancellationToken,
     id: u64,
     peer: SocketAddr,
     allowed: Allowed,
@@ -85,17 +118,27 @@ pub(crate) struct Connection {
     frame_no: u64,
     last_legacy_seq: u64,
     counts: Counts,
-    in_flight_here: Arc<tokio::sync::Semaphore>,
+    in_flight_here: Arc<Semaphore>,
 }
 
 impl Connection {
-    pub(crate) fn new(shared: Arc<Shared>, id: u64, peer: SocketAddr, allowed: Allowed) -> Self {
-        let c = &shared.config;
-        let bucket = (c.rate_limit > 0.0).then(|| TokenBucket::new(c.rate_limit, c.rate_burst.max(1.0)));
-        let abuse = AbuseWindow::new(c.abuse_limit, Duration::from_secs(10));
-        let in_flight_here = Arc::new(tokio::sync::Semaphore::new(c.max_in_flight_per_connection.max(1)));
+    pub(crate) fn new(
+        ingest: Arc<Ingest>,
+        limits: ConnectionLimits,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+        id: u64,
+        peer: SocketAddr,
+        allowed: Allowed,
+    ) -> Self {
+        let bucket = (limits.rate_limit > 0.0).then(|| TokenBucket::new(limits.rate_limit, limits.rate_burst.max(1.0)));
+        let abuse = AbuseWindow::new(limits.abuse_limit, Duration::from_secs(10));
         Connection {
-            shared,
+            in_flight_here: Arc::new(Semaphore::new(limits.max_in_flight)),
+            ingest,
+            limits,
+            metrics,
+            shutdown,
             id,
             peer,
             allowed,
@@ -104,19 +147,18 @@ impl Connection {
             frame_no: 0,
             last_legacy_seq: 0,
             counts: Counts::default(),
-            in_flight_here,
         }
     }
 
     pub(crate) async fn run(mut self, socket: WebSocket) {
         let started = Instant::now();
-        let m = self.shared.metrics.clone();
+        let m = self.metrics.clone();
         m.connections.inc();
         m.connections_opened.inc();
         let (sink, mut stream) = socket.split();
-        let capacity = self.shared.config.max_in_flight_per_connection + self.shared.config.max_positions_per_frame + 2;
+        let capacity = self.limits.max_in_flight + self.limits.max_positions_per_frame + 2;
         let (tx, rx) = mpsc::channel(capacity);
-        let writer = tokio::spawn(write_answers(rx, sink, self.shared.clone()));
+        let writer = tokio::spawn(write_answers(rx, sink, self.metrics.clone(), self.ingest.clone()));
 
         let ending = self.read_frames(&mut stream, &tx).await;
         m.connections_closed.with_label_values(&[ending.label]).inc();
@@ -150,7 +192,7 @@ impl Connection {
     }
 
     async fn read_frames(&mut self, stream: &mut futures_util::stream::SplitStream<WebSocket>, tx: &mpsc::Sender<Outcome>) -> Ending {
-        let shutdown = self.shared.shutdown.clone();
+        let shutdown = self.shutdown.clone();
         loop {
             let next = tokio::select! {
                 // Shutdown first: stop taking frames, let the writer drain what is in flight.
@@ -165,11 +207,12 @@ impl Connection {
                 Some(Err(error)) => {
                     if is_too_big(&error) {
                         self.count_frame("text", 0);
-                        self.shared.metrics.positions_received.inc();
-                        self.refuse(tx, Rejection::new(Reason::FrameTooLarge, format!(
+                        self.metrics.positions_received.inc();
+                        let rejection = Rejection::new(Reason::FrameTooLarge, format!(
                             "frame exceeds the hard limit of {} bytes; connection closed",
-                            self.shared.config.max_frame_bytes * 4
-                        )), None, None, None).await;
+                            self.limits.hard_frame_cap()
+                        ));
+                        self.refuse(tx, Refusal::new(rejection)).await;
                         return Ending { code: close_code::MESSAGE_TOO_BIG, reason: "frame too large", label: "frame_too_big" };
                     }
                     tracing::debug!(conn = self.id, %error, "websocket read error");
@@ -184,10 +227,10 @@ impl Connection {
                 }
                 Message::Binary(bytes) => {
                     self.count_frame("binary", bytes.len());
-                    self.shared.metrics.positions_received.inc();
+                    self.metrics.positions_received.inc();
                     self.abuse.record();
                     let rejection = Rejection::new(Reason::BinaryFrame, "binary frames are not accepted; send positions as JSON text frames");
-                    self.refuse(tx, rejection, Some(&bytes), None, None).await;
+                    self.refuse(tx, Refusal::new(rejection).keeping(&bytes)).await;
                 }
                 Message::Ping(_) => self.count_frame("ping", 0),
                 Message::Pong(_) => self.count_frame("pong", 0),
@@ -205,30 +248,30 @@ impl Connection {
     fn count_frame(&mut self, kind: &str, len: usize) {
         self.counts.frames += 1;
         self.frame_no += 1;
-        self.shared.metrics.frames.with_label_values(&[kind]).inc();
-        self.shared.metrics.bytes_received.inc_by(len as u64);
+        self.metrics.frames.with_label_values(&[kind]).inc();
+        self.metrics.bytes_received.inc_by(len as u64);
     }
 
     async fn handle_text(&mut self, tx: &mpsc::Sender<Outcome>, text: &str) {
-        let config = &self.shared.config;
-        if text.len() > config.max_frame_bytes {
-            self.shared.metrics.positions_received.inc();
+        let limits = self.limits;
+        if text.len() > limits.max_frame_bytes {
+            self.metrics.positions_received.inc();
             self.abuse.record();
             let rejection = Rejection::new(
                 Reason::FrameTooLarge,
-                format!("frame of {} bytes exceeds the limit of {} bytes", text.len(), config.max_frame_bytes),
+                format!("frame of {} bytes exceeds the limit of {} bytes", text.len(), limits.max_frame_bytes),
             );
-            self.refuse(tx, rejection, Some(text.as_bytes()), None, None).await;
+            self.refuse(tx, Refusal::new(rejection).keeping(text.as_bytes())).await;
             return;
         }
-        let elements = match wire::parse_frame(text, config.max_positions_per_frame) {
+        let elements = match wire::parse_frame(text, limits.max_positions_per_frame) {
             Ok(elements) => elements,
             Err(rejection) => {
-                self.shared.metrics.positions_received.inc();
+                self.metrics.positions_received.inc();
                 if rejection.reason == Reason::TooManyPositions {
                     self.abuse.record();
                 }
-                self.refuse(tx, rejection, Some(text.as_bytes()), None, None).await;
+                self.refuse(tx, Refusal::new(rejection).keeping(text.as_bytes())).await;
                 return;
             }
         };
@@ -244,20 +287,21 @@ impl Connection {
         let indexed = elements.len() > 1 || text.trim_start().starts_with('[');
         for (i, element) in elements.into_iter().enumerate() {
             self.counts.positions += 1;
-            self.shared.metrics.positions_received.inc();
+            self.metrics.positions_received.inc();
             let index = indexed.then_some(i);
+            let id = element.obu_id.map(|o| (o, element.seq));
             if i >= admitted {
                 let rejection = Rejection::new(
                     Reason::RateLimited,
-                    format!("over the limit of {} positions/s for this connection; resend later", self.shared.config.rate_limit),
+                    format!("over the limit of {} positions/s for this connection; resend later", limits.rate_limit),
                 );
-                self.refuse(tx, rejection, None, element.obu_id.map(|o| (o, element.seq)), index).await;
+                self.refuse(tx, Refusal::new(rejection).about(id).at(index)).await;
                 continue;
             }
             let wire_position = match element.parsed {
                 Ok(p) => p,
                 Err(rejection) => {
-                    self.refuse(tx, rejection, Some(element.raw.as_bytes()), element.obu_id.map(|o| (o, element.seq)), index).await;
+                    self.refuse(tx, Refusal::new(rejection).keeping(element.raw.as_bytes()).about(id).at(index)).await;
                     continue;
                 }
             };
@@ -267,7 +311,7 @@ impl Connection {
                     format!("this device's token does not allow obu_id {}", wire_position.obu_id),
                 );
                 let id = Some((wire_position.obu_id, wire_position.seq));
-                self.refuse(tx, rejection, Some(element.raw.as_bytes()), id, index).await;
+                self.refuse(tx, Refusal::new(rejection).keeping(element.raw.as_bytes()).about(id).at(index)).await;
                 continue;
             }
             self.publish(tx, wire_position, received, received_ms, index).await;
@@ -291,17 +335,17 @@ impl Connection {
         let id = Some((position.obu_id, Some(position.seq)));
         let permits = tokio::select! {
             biased;
-            () = self.shared.shutdown.cancelled() => None,
-            permits = acquire(&self.in_flight_here, &self.shared.global_in_flight) => permits,
+            () = self.shutdown.cancelled() => None,
+            permits = acquire(&self.in_flight_here, &self.ingest) => permits,
         };
         let Some(permits) = permits else {
             let rejection = Rejection::new(Reason::ShuttingDown, "the receiver is shutting down; reconnect and resend");
-            self.refuse(tx, rejection, None, id, index).await;
+            self.refuse(tx, Refusal::new(rejection).about(id).at(index)).await;
             return;
         };
-        match self.send_to_kafka(&position, received_ms, legacy).await {
+        match self.ingest.publish(&position, received_ms, legacy).await {
             Ok(delivery) => {
-                self.shared.metrics.in_flight.inc();
+                self.metrics.in_flight.inc();
                 let outcome = Outcome::Delivery {
                     obu_id: position.obu_id,
                     seq: position.seq,
@@ -315,52 +359,21 @@ impl Connection {
             Err(error) => {
                 drop(permits);
                 let rejection = Rejection::new(Reason::KafkaUnavailable, format!("could not hand the position to Kafka: {error}"));
-                self.refuse(tx, rejection, None, id, index).await;
-            }
-        }
-    }
-
-    async fn send_to_kafka(&self, position: &Position, received_ms: i64, legacy: bool) -> Result<DeliveryFuture, KafkaError> {
-        let payload = position.to_json();
-        let key = position.key();
-        let received_at = received_ms.to_string();
-        let mut headers = OwnedHeaders::new_with_capacity(3)
-            .insert(Header { key: HEADER_RECEIVED_AT, value: Some(received_at.as_bytes()) })
-            .insert(Header { key: HEADER_RECEIVER, value: Some(self.shared.instance.as_bytes()) });
-        if legacy {
-            headers = headers.insert(Header { key: HEADER_FORMAT, value: Some("legacy".as_bytes()) });
-        }
-        let mut record = FutureRecord::to(&self.shared.config.topic)
-            .key(&key)
-            .payload(&payload)
-            .headers(headers)
-            .timestamp(received_ms);
-        let deadline = Instant::now() + self.shared.config.producer.delivery_timeout;
-        loop {
-            match self.shared.producer.send_result(record) {
-                Ok(delivery) => return Ok(delivery),
-                // The local queue is full: Kafka is slower than the devices. Wait, bounded by the
-                // delivery timeout; the in-flight limits normally keep this from happening.
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) if Instant::now() < deadline => {
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((error, _)) => return Err(error),
+                self.refuse(tx, Refusal::new(rejection).about(id).at(index)).await;
             }
         }
     }
 
     /// Answers with an error frame; keeps non-retryable input in the DLQ first.
-    async fn refuse(&mut self, tx: &mpsc::Sender<Outcome>, rejection: Rejection, raw: Option<&[u8]>, id: Option<(u64, Option<u64>)>, index: Option<usize>) {
+    async fn refuse(&mut self, tx: &mpsc::Sender<Outcome>, refusal: Refusal<'_>) {
         self.counts.refused += 1;
-        let m = &self.shared.metrics;
-        m.positions_refused.with_label_values(&[rejection.reason.as_str()]).inc();
-        let (obu_id, seq) = match id {
-            Some((o, s)) => (Some(o), s),
-            None => (None, None),
-        };
+        let Refusal { rejection, raw, obu_id, seq, index } = refusal;
+        self.metrics.positions_refused.with_label_values(&[rejection.reason.as_str()]).inc();
         let dlq = match raw {
-            Some(raw) if !rejection.reason.retryable() => self.send_to_dlq(raw, &rejection, obu_id, seq),
+            Some(raw) if !rejection.reason.retryable() => {
+                let refused = Refused { peer: self.peer, connection: self.id, raw, obu_id, seq };
+                self.ingest.dead_letter(refused, &rejection).await
+            }
             _ => None,
         };
         let mut error = ErrorFrame::new(rejection);
@@ -369,43 +382,6 @@ impl Connection {
         error.frame = Some(self.frame_no);
         error.index = index;
         let _ = tx.send(Outcome::Refused { error, dlq }).await;
-    }
-
-    fn send_to_dlq(&self, raw: &[u8], rejection: &Rejection, obu_id: Option<u64>, seq: Option<u64>) -> Option<DeliveryFuture> {
-        let now = now_ms();
-        let peer = self.peer.to_string();
-        let context = DlqContext {
-            stage: "receiver",
-            topic: &self.shared.config.topic,
-            partition: None,
-            offset: None,
-            timestamp: Some(now),
-            group: &self.shared.instance,
-            reason: rejection.reason,
-            message: &rejection.message,
-            attempts: 1,
-            failed_at: now,
-            peer: Some(&peer),
-            connection: Some(self.id),
-            obu_id,
-            seq,
-        };
-        let key = obu_id.map(|o| o.to_string());
-        let mut record = FutureRecord::<String, [u8]>::to(&self.shared.config.dlq_topic)
-            .payload(raw)
-            .headers(context.headers())
-            .timestamp(now);
-        if let Some(key) = key.as_ref() {
-            record = record.key(key);
-        }
-        match self.shared.producer.send_result(record) {
-            Ok(delivery) => Some(delivery),
-            Err((error, _)) => {
-                tracing::warn!(conn = self.id, %error, "cannot queue refused input for the DLQ");
-                self.shared.metrics.dlq_failures.inc();
-                None
-            }
-        }
     }
 }
 
@@ -416,12 +392,10 @@ fn is_too_big(error: &axum::Error) -> bool {
     text.contains("Space limit exceeded") || text.contains("Message too long")
 }
 
-async fn acquire(
-    here: &Arc<tokio::sync::Semaphore>,
-    global: &Arc<tokio::sync::Semaphore>,
-) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+/// A permit of this connection's in-flight bound, then one of the receiver's.
+async fn acquire(here: &Arc<Semaphore>, ingest: &Ingest) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
     let local = here.clone().acquire_owned().await.ok()?;
-    let global = global.clone().acquire_owned().await.ok()?;
+    let global = ingest.in_flight_permit().await?;
     Some((local, global))
 }
 
@@ -429,15 +403,17 @@ async fn acquire(
 async fn write_answers(
     mut rx: mpsc::Receiver<Outcome>,
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    shared: Arc<Shared>,
+    metrics: Metrics,
+    ingest: Arc<Ingest>,
 ) -> u64 {
-    let m = &shared.metrics;
+    let m = &metrics;
     let mut acked = 0u64;
     let mut open = true;
     while let Some(outcome) = rx.recv().await {
         let frame = match outcome {
             Outcome::Delivery { obu_id, seq, received, handed, delivery, _permits } => {
                 let result = delivery.await;
+                ingest.answered();
                 m.in_flight.dec();
                 m.kafka_delivery.observe(handed.elapsed().as_secs_f64());
                 match result {
@@ -486,7 +462,7 @@ async fn write_answers(
     acked
 }
 
-fn delivery_failed(m: &crate::metrics::Metrics, obu_id: u64, seq: u64, why: &str) -> ServerFrame {
+fn delivery_failed(m: &Metrics, obu_id: u64, seq: u64, why: &str) -> ServerFrame {
     m.positions_refused.with_label_values(&[Reason::KafkaUnavailable.as_str()]).inc();
     let mut error = ErrorFrame::new(Rejection::new(
         Reason::KafkaUnavailable,

@@ -13,6 +13,7 @@
 mod auth;
 mod config;
 mod connection;
+mod ingest;
 mod limits;
 mod metrics;
 mod tls;
@@ -42,24 +43,23 @@ use fleetstream_core::reason::{Reason, Rejection};
 
 pub use auth::{Allowed, Tokens};
 pub use config::{AuthMode, Config};
-pub use connection::{close_code, HEADER_FORMAT, HEADER_RECEIVED_AT, HEADER_RECEIVER};
+pub use connection::close_code;
 pub use metrics::Metrics;
 
 /// Socket read buffer and write batching threshold of each WebSocket connection.
 const WS_BUFFER_BYTES: usize = 8 * 1024;
 
-/// State shared by every connection of the process.
+/// What the server and its handlers share.
 pub(crate) struct Shared {
     config: Config,
-    producer: FutureProducer,
+    ingest: Arc<ingest::Ingest>,
+    limits: limits::ConnectionLimits,
     metrics: Metrics,
-    global_in_flight: Arc<Semaphore>,
     connections: Arc<Semaphore>,
     tokens: Option<Tokens>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     health: Health,
-    instance: String,
     next_connection: AtomicU64,
 }
 
@@ -126,16 +126,17 @@ impl Application {
             instance = %instance,
             "receiver listening"
         );
+        let metrics = Metrics::new();
+        let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
-            global_in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            ingest: Arc::new(ingest::Ingest::new(&config, producer, instance, metrics.clone(), shutdown.clone())),
+            limits: limits::ConnectionLimits::new(&config),
             connections: Arc::new(Semaphore::new(config.max_connections)),
-            producer,
-            metrics: Metrics::new(),
+            metrics,
             tokens,
-            shutdown: CancellationToken::new(),
+            shutdown,
             tracker: TaskTracker::new(),
             health: Health::new(),
-            instance,
             next_connection: AtomicU64::new(1),
             config,
         });
@@ -183,7 +184,7 @@ impl Application {
             tracing::warn!(?timeout, "connections still draining at the shutdown timeout");
         }
         probe.abort();
-        let producer = shared.producer.clone();
+        let producer = shared.ingest.producer().clone();
         let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
         tracing::info!("receiver stopped");
         Ok(())
@@ -227,7 +228,7 @@ async fn upgrade(
     if shared.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "receiver shutting down\n").into_response();
     }
-    let hard_cap = shared.config.max_frame_bytes.saturating_mul(4).max(1024);
+    let hard_cap = shared.limits.hard_frame_cap();
     // tungstenite's default 128 KiB read buffer per connection would dominate the memory of
     // 10k idle connections; frames larger than the buffer are still read, in several reads.
     let ws = ws
@@ -245,7 +246,8 @@ async fn upgrade(
     ws.on_upgrade(move |socket| {
         tracker.track_future(async move {
             tracing::debug!(conn = id, %peer, "connection opened");
-            connection::Connection::new(shared, id, peer, allowed).run(socket).await;
+            let (ingest, metrics, shutdown) = (shared.ingest.clone(), shared.metrics.clone(), shared.shutdown.clone());
+            connection::Connection::new(ingest, shared.limits, metrics, shutdown, id, peer, allowed).run(socket).await;
             drop(permit);
         })
     })
@@ -262,18 +264,29 @@ async fn refuse_connection(mut socket: WebSocket, limit: usize) {
     let _ = socket.send(Message::Close(Some(close))).await;
 }
 
-/// Keeps `/readyz` and `fleetstream_receiver_kafka_up` true to whether Kafka answers.
+/// Positions in flight with no delivery answered for this long make the receiver not ready.
+const DELIVERY_STALL: Duration = Duration::from_secs(5);
+
+/// Keeps `/readyz` and `fleetstream_receiver_kafka_up` true to whether Kafka answers and
+/// acknowledges.
 async fn probe_kafka(shared: Arc<Shared>) {
     loop {
         let s = shared.clone();
         let result = tokio::task::spawn_blocking(move || {
-            fleetstream_core::kafka::partition_count(s.producer.client(), &s.config.topic, Duration::from_secs(2))
+            fleetstream_core::kafka::partition_count(s.ingest.producer().client(), &s.config.topic, Duration::from_secs(2))
         })
         .await;
         match result {
             Ok(Ok(Some(_))) => {
                 shared.metrics.kafka_up.set(1);
-                shared.health.set_ready();
+                match shared.ingest.stalled_for(DELIVERY_STALL) {
+                    None => shared.health.set_ready(),
+                    Some(silent) => shared.health.set_not_ready(format!(
+                        "Kafka has acknowledged no position for {:.0} s with {} in flight (too few in-sync replicas?)",
+                        silent.as_secs_f64(),
+                        shared.metrics.in_flight.get()
+                    )),
+                }
             }
             Ok(Ok(None)) => {
                 shared.metrics.kafka_up.set(1);

@@ -3,6 +3,41 @@
 
 use std::time::{Duration, Instant};
 
+use crate::Config;
+
+/// What one connection may do.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectionLimits {
+    /// Largest text frame accepted; 4x this closes the connection (1009).
+    pub max_frame_bytes: usize,
+    pub max_positions_per_frame: usize,
+    /// Positions handed to Kafka and not yet acknowledged.
+    pub max_in_flight: usize,
+    /// Positions per second (0: unlimited) and the burst above it.
+    pub rate_limit: f64,
+    pub rate_burst: f64,
+    /// Limit violations in 10 s that close the connection (1008).
+    pub abuse_limit: u32,
+}
+
+impl ConnectionLimits {
+    pub(crate) fn new(config: &Config) -> Self {
+        ConnectionLimits {
+            max_frame_bytes: config.max_frame_bytes,
+            max_positions_per_frame: config.max_positions_per_frame,
+            max_in_flight: config.max_in_flight_per_connection.max(1),
+            rate_limit: config.rate_limit,
+            rate_burst: config.rate_burst,
+            abuse_limit: config.abuse_limit,
+        }
+    }
+
+    /// The hard cap on a WebSocket message, past which the connection is closed.
+    pub(crate) fn hard_frame_cap(&self) -> usize {
+        self.max_frame_bytes.saturating_mul(4).max(1024)
+    }
+}
+
 /// Token bucket: `rate` tokens per second, at most `burst` saved up.
 #[derive(Debug)]
 pub struct TokenBucket {

@@ -263,6 +263,40 @@ impl Dedicated {
         self.cluster.spawn_stopped()?;
         self.cluster.wait_ready(Duration::from_secs(120))
     }
+
+    /// Waits until every partition of every topic (internal ones included) has a leader and
+    /// all its replicas in sync: the cluster is whole again after a broker came back.
+    pub fn wait_fully_replicated(&self, within: Duration) -> anyhow::Result<()> {
+        let consumer: BaseConsumer = self.broker.client_config().create()?;
+        let deadline = Instant::now() + within;
+        loop {
+            let lagging: Vec<String> = match consumer.fetch_metadata(None, Duration::from_secs(5)) {
+                Ok(metadata) => metadata
+                    .topics()
+                    .iter()
+                    .flat_map(|t| {
+                        t.partitions()
+                            .iter()
+                            .filter(|p| p.leader() < 0 || p.isr().len() < p.replicas().len())
+                            .map(move |p| format!("{}[{}] isr {:?} of {:?}", t.name(), p.id(), p.isr(), p.replicas()))
+                    })
+                    .collect(),
+                Err(e) => vec![e.to_string()],
+            };
+            if lagging.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("not fully replicated within {within:?}: {}", lagging.join(", "));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Whether every node is running.
+    pub fn all_running(&mut self) -> bool {
+        self.cluster.all_running()
+    }
 }
 
 impl std::ops::Deref for Dedicated {
@@ -328,6 +362,58 @@ impl Record {
         String::from_utf8_lossy(&self.payload).into_owned()
     }
 }
+
+/// Logs of in-process services on stderr when `TEST_LOG` is set to a tracing filter (e.g.
+/// `TEST_LOG=info,librdkafka=warn cargo test ... -- --nocapture`); quiet otherwise.
+pub fn init_test_logs() {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        fleetstream_core::telemetry::init(&fleetstream_core::telemetry::LogArgs {
+            log_format: fleetstream_core::telemetry::LogFormat::Human,
+            log_level: filter,
+        });
+    }
+}
+
+/// Polls `check` until it holds or `within` passes; whether it held. Waits for a state, never
+/// asserts a speed.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A plain HTTP/1.1 GET (tests talk to services on 127.0.0.1 only): the status and the body.
+pub async fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("no HTTP status")?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Sends a signal to a child process (SIGTERM, SIGKILL, SIGSTOP, SIGCONT...).
+pub fn signal(child: &std::process::Child, signal: Signal) -> anyhow::Result<()> {
+    fleetstream_kafka_local::node::signal(child.id(), signal)
+}
+
+pub use nix::sys::signal::Signal;
 
 /// Sum of a metric's samples in Prometheus text format, optionally only those with a label
 /// `key="value"`.

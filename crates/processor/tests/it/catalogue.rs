@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use fleetstream_core::dlq;
 use fleetstream_core::now_ms;
-use fleetstream_processor::{HEADER_SRC_OFFSET, HEADER_SRC_PARTITION};
+use fleetstream_core::publish::headers::{SRC_OFFSET as HEADER_SRC_OFFSET, SRC_PARTITION as HEADER_SRC_PARTITION};
 
 use crate::helpers::*;
 

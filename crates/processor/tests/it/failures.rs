@@ -1,97 +1,18 @@
-//! Exactly-once under failure: kill -9 mid-stream, scale-out and SIGTERM.
+//! Exactly-once under failure, in both modes: kill -9 mid-stream, scale-out and SIGTERM.
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use fleetstream_core::now_ms;
-use fleetstream_testkit::{Broker, Topics};
+use fleetstream_testkit::Signal;
 
 use crate::helpers::*;
+use crate::workload::{assert_accounted, stream_positions};
 
-/// What was produced: valid (obu, seq) in order per obu, invalid payloads, duplicate count.
-#[derive(Default)]
-struct Produced {
-    valid: HashMap<u64, Vec<u64>>,
-    invalid: HashSet<String>,
-    duplicates: usize,
-    total: usize,
-}
-
-/// Streams `per_vehicle` positions for `vehicles` vehicles at about `rate` records/s, with a
-/// resend (duplicate) every 40th and an invalid one every 53rd record.
-async fn stream_positions(broker: &Broker, topics: &Topics, vehicles: u64, per_vehicle: u64, rate: u64) -> Produced {
-    let producer = broker.producer().unwrap_or_else(|e| panic!("{e}"));
-    let mut produced = Produced::default();
-    let start = now_ms() - 600_000;
-    let mut n = 0u64;
-    let mut pending = Vec::new();
-    let tick = Duration::from_micros(1_000_000 / rate.max(1));
-    for seq in 1..=per_vehicle {
-        for obu in 1..=vehicles {
-            n += 1;
-            let ts = start + seq as i64 * 1000;
-            let lat = 52.4 + obu as f64 * 0.01 + seq as f64 * 0.0001;
-            let (payload, kind) = if n % 53 == 0 {
-                (raw(obu, seq, ts, 95.0, 13.4), 'i')
-            } else {
-                (raw(obu, seq, ts, lat, 13.4), 'v')
-            };
-            let previous_was_valid = produced.valid.get(&obu).and_then(|v| v.last()) == Some(&(seq - 1));
-            match kind {
-                'i' => {
-                    produced.invalid.insert(payload.clone());
-                }
-                _ => produced.valid.entry(obu).or_default().push(seq),
-            }
-            let key = obu.to_string();
-            pending.push(fleetstream_testkit::produce_with(&producer, &topics.raw, Some(&key), payload.as_bytes(), &[]).await);
-            produced.total += 1;
-            if n % 40 == 0 && kind == 'v' && seq > 1 {
-                // The device resends the previous position after a reconnect.
-                let prev = raw(obu, seq - 1, ts - 1000, lat - 0.0001, 13.4);
-                if previous_was_valid {
-                    pending.push(fleetstream_testkit::produce_with(&producer, &topics.raw, Some(&key), prev.as_bytes(), &[]).await);
-                    produced.duplicates += 1;
-                    produced.total += 1;
-                }
-            }
-            tokio::time::sleep(tick).await;
-        }
-    }
-    assert!(pending.iter().all(|r| r.is_ok()), "every raw record produced");
-    produced
-}
-
-/// Nothing missing, nothing twice, order kept.
-fn assert_accounted(broker: &Broker, topics: &Topics, produced: &Produced) {
-    let expected_valid: usize = produced.valid.values().map(Vec::len).sum();
-    let positions = broker.read(&topics.positions, expected_valid, Duration::from_secs(3), Duration::from_secs(120)).unwrap_or_default();
-    let by_obu = seqs_by_obu(&positions);
-    for (obu, seqs) in &produced.valid {
-        let got = by_obu.get(obu).cloned().unwrap_or_default();
-        let missing: Vec<_> = seqs.iter().filter(|s| !got.contains(s)).collect();
-        assert!(missing.is_empty(), "obu {obu}: missing seqs {missing:?}");
-        assert_eq!(&got, seqs, "obu {obu}: every seq exactly once, in order");
-    }
-    assert_eq!(positions.len(), expected_valid, "no duplicates in positions");
-    let dead = broker.read(&topics.dlq, produced.invalid.len(), Duration::from_secs(2), Duration::from_secs(60)).unwrap_or_default();
-    let dead_payloads: Vec<String> = dead.iter().map(|r| r.text()).collect();
-    for p in &produced.invalid {
-        assert_eq!(dead_payloads.iter().filter(|d| *d == p).count(), 1, "{p} exactly once in the DLQ");
-    }
-    assert_eq!(dead.len(), produced.invalid.len());
-    let latest = latest_by_key(&broker.read(&topics.latest, produced.valid.len(), Duration::from_secs(2), Duration::from_secs(60)).unwrap_or_default());
-    for (obu, seqs) in &produced.valid {
-        let want = seqs.iter().max().copied();
-        assert_eq!(latest.get(&obu.to_string()).and_then(|v| v["seq"].as_u64()), want, "vehicle-latest of {obu}");
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_stream_loses_and_repeats_nothing() {
+/// Streams 2,400 positions while the processor is killed with SIGKILL three times; each time a
+/// new one (same instance, so the same transactional id) takes over.
+async fn kill_9_three_times_mid_stream(mode: &str) {
     let (broker, topics) = broker_and_topics(3).await;
     let group = fleetstream_testkit::unique("crash");
-    let mut child = spawn_process(&broker, &topics, &group);
+    let mut processor = ProcessorProcess::start(&broker, &topics, &group, "0", mode);
     let produce = stream_positions(&broker, &topics, 12, 200, 600);
     tokio::pin!(produce);
     let mut kills = 0;
@@ -100,44 +21,49 @@ async fn kill_9_mid_stream_loses_and_repeats_nothing() {
             p = &mut produce => break p,
             () = tokio::time::sleep(Duration::from_millis(1300)) => {
                 if kills < 3 {
-                    child.kill().unwrap_or_else(|e| panic!("{e}")); // SIGKILL: no cleanup at all
-                    let _ = child.wait();
+                    processor.kill();
                     kills += 1;
-                    child = spawn_process(&broker, &topics, &group);
+                    processor = ProcessorProcess::start(&broker, &topics, &group, "0", mode);
                 }
             }
         }
     };
     assert_eq!(kills, 3, "the processor was killed three times mid-stream");
     assert_accounted(&broker, &topics, &produced);
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_loses_and_repeats_nothing_with_transactions() {
+    kill_9_three_times_mid_stream("transactions").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_loses_and_repeats_nothing_with_state_rebuild() {
+    kill_9_three_times_mid_stream("rebuild").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processors_share_the_work_and_sigterm_loses_nothing() {
     let (broker, topics) = broker_and_topics(6).await;
     let group = fleetstream_testkit::unique("scale");
-    let mut first = spawn_process(&broker, &topics, &group);
-    let mut second = spawn_process(&broker, &topics, &group);
+    let mut first = ProcessorProcess::start(&broker, &topics, &group, "a", "transactions");
+    let second = ProcessorProcess::start(&broker, &topics, &group, "b", "transactions");
     let produce = stream_positions(&broker, &topics, 12, 150, 600);
     tokio::pin!(produce);
     let mut stopped = None;
     let produced = loop {
         tokio::select! {
             p = &mut produce => break p,
+            // Once both share the partitions (and 2 s in), the first is stopped.
             () = tokio::time::sleep(Duration::from_millis(2000)), if stopped.is_none() => {
-                sigterm(&first);
-                let status = tokio::task::spawn_blocking(move || { let s = first.wait(); (first, s) }).await;
-                let (child, status) = status.unwrap_or_else(|e| panic!("{e}"));
-                first = child;
-                stopped = Some(status.map(|s| s.code()));
+                if first.metric("fleetstream_processor_assigned_partitions").await > 0.0 {
+                    first.signal(Signal::SIGTERM);
+                    stopped = Some(first.exit_code(Duration::from_secs(40)).await);
+                }
             }
         }
     };
-    assert_eq!(stopped.and_then(|s| s.ok()).flatten(), Some(0), "SIGTERM: graceful exit with status 0");
+    assert_eq!(stopped, Some(Some(0)), "SIGTERM mid-stream (after the first had partitions): graceful exit with status 0");
     assert_accounted(&broker, &topics, &produced);
-    let _ = second.kill();
-    let _ = second.wait();
-    let _ = first.kill();
+    assert_eq!(second.metric("fleetstream_processor_assigned_partitions").await, 6.0, "the second took every partition over");
 }

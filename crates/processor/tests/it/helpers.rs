@@ -5,10 +5,11 @@ use std::time::Duration;
 use clap::Parser as _;
 
 use fleetstream_processor::{Application, Config};
-use fleetstream_testkit::{Broker, Record, Running, Topics};
+use fleetstream_testkit::{Broker, Record, Running, Signal, Topics};
 
 pub type TestProcessor = Running;
 
+/// The processor's settings for a test, as environment variables.
 pub fn args(broker: &Broker, topics: &Topics, group: &str) -> Vec<(String, String)> {
     vec![
         ("KAFKA_BROKERS".into(), broker.brokers()),
@@ -46,22 +47,71 @@ pub async fn spawn(broker: &Broker, topics: &Topics, group: &str) -> TestProcess
     Running::spawn(app.metrics().registry, |stop| app.run_until_stopped(stop))
 }
 
-/// The processor binary as a child process (so it can be killed with SIGKILL or SIGTERM).
-pub fn spawn_process(broker: &Broker, topics: &Topics, group: &str) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_processor"));
-    for (k, v) in args(broker, topics, group) {
-        cmd.env(k, v);
-    }
-    cmd.stdin(Stdio::null()).stdout(Stdio::null());
-    if std::env::var_os("PROCESSOR_LOG").is_none() {
-        cmd.stderr(Stdio::null());
-    }
-    cmd.spawn().unwrap_or_else(|e| panic!("cannot start processor: {e}"))
+/// A processor binary running as a child process (so that it can be killed with SIGKILL,
+/// stopped with SIGTERM or frozen with SIGSTOP).
+pub struct ProcessorProcess {
+    child: Child,
+    /// Its /metrics, /healthz and /readyz port.
+    pub ops_port: u16,
 }
 
-pub fn sigterm(child: &Child) {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    assert!(status.is_ok_and(|s| s.success()), "kill -TERM failed");
+impl ProcessorProcess {
+    /// Starts instance `instance` of `group`: its transactional id is `<group>-<instance>`, so
+    /// a restart of the same instance fences its predecessor and aborts what it left open.
+    pub fn start(broker: &Broker, topics: &Topics, group: &str, instance: &str, mode: &str) -> ProcessorProcess {
+        let ops_port = fleetstream_testkit::free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_processor"));
+        for (k, v) in args(broker, topics, group) {
+            cmd.env(k, v);
+        }
+        cmd.env("PROCESSOR_LISTEN", format!("127.0.0.1:{ops_port}"))
+            .env("PROCESSOR_EXACTLY_ONCE", mode)
+            .env("PROCESSOR_TRANSACTIONAL_ID", format!("{group}-{instance}"));
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        if std::env::var_os("PROCESSOR_LOG").is_none() {
+            cmd.stderr(Stdio::null());
+        } else {
+            cmd.env("LOG_LEVEL", "info");
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start processor: {e}"));
+        ProcessorProcess { child, ops_port }
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        fleetstream_testkit::signal(&self.child, signal).expect("the processor process exists");
+    }
+
+    /// Waits for the process to exit; its exit code (None if killed by a signal).
+    pub async fn exit_code(&mut self, within: Duration) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the child can be waited for") {
+                return status.code();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the processor did not exit within {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no cleanup at all.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A metric of the running process (0 if it does not answer).
+    pub async fn metric(&self, name: &str) -> f64 {
+        match fleetstream_testkit::http_get(&format!("http://127.0.0.1:{}/metrics", self.ops_port)).await {
+            Ok((200, text)) => fleetstream_testkit::metric_value(&text, name, None),
+            _ => 0.0,
+        }
+    }
+}
+
+impl Drop for ProcessorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// A raw position as the receiver would write it.
@@ -76,7 +126,9 @@ pub fn seqs_by_obu(records: &[Record]) -> BTreeMap<u64, Vec<u64>> {
     let mut out: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     for r in sorted {
         let v = r.json();
-        out.entry(v["obu_id"].as_u64().unwrap_or(u64::MAX)).or_default().push(v["seq"].as_u64().unwrap_or(0));
+        let (obu, seq) = (v["obu_id"].as_u64(), v["seq"].as_u64());
+        let (Some(obu), Some(seq)) = (obu, seq) else { panic!("a positions record without obu_id and seq: {}", r.text()) };
+        out.entry(obu).or_default().push(seq);
     }
     out
 }

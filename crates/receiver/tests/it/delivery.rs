@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use fleetstream_core::frames::ServerFrame;
 use fleetstream_core::reason::Reason;
-use fleetstream_receiver::{close_code, HEADER_FORMAT, HEADER_RECEIVED_AT};
+use fleetstream_core::publish::headers::{FORMAT as HEADER_FORMAT, RECEIVED_AT as HEADER_RECEIVED_AT};
+use fleetstream_receiver::close_code;
 use fleetstream_testkit::{Dedicated, Record};
 
 use crate::helpers::*;

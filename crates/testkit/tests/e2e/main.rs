@@ -8,7 +8,9 @@ use std::time::Duration;
 use fleetstream_core::dlq;
 use fleetstream_testkit::{Broker, Record, Running};
 
-fn parse<T: clap::Parser>(args: Vec<String>) -> T {
+mod drills;
+
+pub fn parse<T: clap::Parser>(args: Vec<String>) -> T {
     T::try_parse_from(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
