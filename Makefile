@@ -11,7 +11,7 @@ help:
 	@echo "make demo       broker + receiver + processor + simulated fleet, with live counts"
 	@echo "make test       every test (installs the local broker on first use)"
 	@echo "make bench      the benchmark suite; rewrites docs/benchmarks.md and its plots"
-	@echo "make broker     the local Kafka-API broker in the foreground (127.0.0.1:9092)"
+	@echo "make broker     Apache Kafka (one node, scripts/kafka-local run) in the foreground (127.0.0.1:9092)"
 	@echo "make receiver   the WebSocket receiver (ws://127.0.0.1:30000/ws)"
 	@echo "make producer   the OBU simulator (fleet mode; SIM_* env vars configure it)"
 	@echo "make consumer   the processor (validates, routes, dead-letters)"
@@ -23,7 +23,10 @@ demo:
 test:
 	scripts/kafka-local install
 	scripts/test-deps
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	rm -f target/tmp/drills.txt
 	$(CARGO) test --workspace --locked
+	@echo "failover drills:"; cat target/tmp/drills.txt
 	scripts/check-ops
 	scripts/config-docs --check
 
@@ -52,7 +55,7 @@ tracker:
 	mkdir -p .local && DATABASE_URL="$${DATABASE_URL:-sqlite://.local/tracker.db}" $(CARGO) run --locked -p fleetstream-tracker --bin tracker
 
 clippy:
-	$(CARGO) clippy --workspace --all-targets --locked
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,8 +1,8 @@
 """Python helpers of the scripts in scripts/ (the scripts themselves are bash glue).
 
 - promtext: the one parser of Prometheus' text exposition format (check-ops, bench, demo)
-- kafka_local: what the scripts need to know about crates/kafka-local (the pinned Kafka
-  version, the broker settings) and a thin wrapper of scripts/kafka-local
+- kafka_local: what the scripts need to know about kafka-local (the pinned Kafka version and
+  the broker settings, asked of the binary) and a thin wrapper of scripts/kafka-local
 - dashboards: Grafana dashboards and PromQL (queries, variables, the metric names selected)
 - check_ops: the helper of scripts/check-ops (static agreement checks, the live run's queries)
 - render: draws the overview dashboard from a check-ops run (matplotlib, optional)

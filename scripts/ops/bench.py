@@ -111,7 +111,7 @@ class Broker:
     and port, fresh data; every stage gets topics of its own."""
 
     def __init__(self, directory):
-        self.version = kafka_local.kafka_version(ROOT)
+        self.version = kafka_local.kafka_version(kafka_local.binary(ROOT))
         self.local = kafka_local.KafkaLocal(ROOT, directory, kafka_local.free_port_pair(), partitions=PARTITIONS,
                                             log_level="warn")
         self.brokers = None

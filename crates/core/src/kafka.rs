@@ -107,8 +107,11 @@ impl KafkaArgs {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
-            // Kafka answers a fetch as soon as data arrives; a broker that does not (nisshi)
-            // would otherwise hold each fetch for librdkafka's default 500 ms.
+            // What a transaction wrote is read once it commits, never if it aborts.
+            .set("isolation.level", "read_committed")
+            // Kafka answers a fetch as soon as it has data (fetch.min.bytes 1); this bounds how
+            // long a fetch that finds none is held (librdkafka's default: 500 ms), which a seek
+            // or a new assignment otherwise waits behind.
             .set("fetch.wait.max.ms", "10")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000");

@@ -81,10 +81,18 @@ pub struct ProcessedPosition {
 pub struct VehicleLatest {
     #[serde(flatten)]
     pub position: ProcessedPosition,
-    /// Bit i set = seq `position.seq - 1 - i` was already processed (the 64 seqs below the
-    /// latest one). Lets a restarted processor recognise late resends as duplicates.
+    /// Seqs below `position.seq` never processed, as inclusive `[from, to]` ranges in
+    /// ascending order: a seq in one is a late position, any other one at or below the latest
+    /// a duplicate. Lets a restarted processor tell late positions from resends.
     #[serde(default)]
-    pub seen_below: u64,
+    pub gaps: Vec<(u64, u64)>,
+    /// Seqs below this are no longer tracked (too old to tell).
+    #[serde(default)]
+    pub horizon: u64,
+    /// The earlier form of the window (bit i set: seq `position.seq - 1 - i` was processed),
+    /// read from records written before `gaps`; never written.
+    #[serde(default, skip_serializing)]
+    pub seen_below: Option<u64>,
 }
 
 /// Great-circle distance in metres (haversine, mean Earth radius).

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures_util::future::join_all;
+use futures_util::future::try_join_all;
 use rand::Rng as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
 use rdkafka::error::KafkaError;
@@ -98,6 +98,29 @@ fn transactional_producer(config: &rdkafka::ClientConfig) -> anyhow::Result<Futu
     let producer: FutureProducer = config.create().context("cannot create Kafka producer")?;
     producer.init_transactions(TXN_CALL_TIMEOUT)?;
     Ok(producer)
+}
+
+/// Runs one of librdkafka's transactional control calls with a deadline of our own: some can
+/// block past their own timeout when the broker of a coordinator went away, as when the whole
+/// cluster restarts (librdkafka issues #5456 and #5511, open in 2.12). A call that does not
+/// return is abandoned on its thread, with its producer: the caller makes a new one, whose
+/// `init_transactions` fences the old and aborts what it left open.
+fn bounded<T: Send + 'static>(what: &'static str, call: impl FnOnce() -> rdkafka::error::KafkaResult<T> + Send + 'static) -> Result<rdkafka::error::KafkaResult<T>, BatchError> {
+    let limit = TXN_CALL_TIMEOUT + Duration::from_secs(5);
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name(format!("txn-{what}"))
+        .spawn(move || {
+            let _ = tx.send(call());
+        })
+        .map_err(|e| BatchError::Retry(format!("cannot start a thread for {what}: {e}")))?;
+    match rx.recv_timeout(limit) {
+        Ok(result) => Ok(result),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            Err(BatchError::Fenced(format!("librdkafka's {what} did not return within {limit:?}; abandoning the producer")))
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(BatchError::Retry(format!("{what} panicked"))),
+    }
 }
 
 /// A producer fenced this often in a row is not timing out: another running instance shares
@@ -392,6 +415,9 @@ impl Pipeline {
         } else {
             self.write_then_commit(by_partition, &decisions)?
         };
+        if started.elapsed() > Duration::from_secs(5) {
+            tracing::warn!(secs = started.elapsed().as_secs_f64(), "slow batch (a broker failover or an overloaded broker?)");
+        }
         tracing::debug!(
             records = by_partition.values().map(Vec::len).sum::<usize>(),
             decide_ms = (t_write - t_decide).as_secs_f64() * 1e3,
@@ -431,8 +457,11 @@ impl Pipeline {
             let mut tally = self.write_outputs(by_partition, decisions)?;
             tally.latest = self.write_latest(by_partition)?;
             let metadata = self.membership()?;
-            producer.send_offsets_to_transaction(&self.offsets_after(by_partition), &metadata, TXN_CALL_TIMEOUT)?;
-            producer.commit_transaction(TXN_CALL_TIMEOUT)?;
+            let offsets = self.offsets_after(by_partition);
+            let p = producer.clone();
+            bounded("send_offsets_to_transaction", move || p.send_offsets_to_transaction(&offsets, &metadata, TXN_CALL_TIMEOUT))??;
+            let p = producer.clone();
+            bounded("commit_transaction", move || p.commit_transaction(TXN_CALL_TIMEOUT))??;
             Ok(tally)
         })();
         if let Err(error) = &result {
@@ -450,7 +479,8 @@ impl Pipeline {
     fn abort(&self, producer: &FutureProducer) -> Result<(), BatchError> {
         let mut attempt = 0;
         loop {
-            match producer.abort_transaction(TXN_CALL_TIMEOUT) {
+            let p = producer.clone();
+            match bounded("abort_transaction", move || p.abort_transaction(TXN_CALL_TIMEOUT))? {
                 Ok(()) => {
                     self.metrics.aborts.inc();
                     return Ok(());
@@ -551,19 +581,24 @@ impl Pipeline {
         Ok(written.len() as u64)
     }
 
-    /// Hands every record to the producer, then waits for every acknowledgement.
+    /// Hands every record to the producer, then waits for every acknowledgement: until the
+    /// first failure (the rest cannot matter: the batch is redone) or the delivery timeout.
+    /// The bound is ours, not only librdkafka's: in a transaction that hit an error, queued
+    /// records may wait for the abort that this wait would hold back.
     fn send_all(&self, records: &[Outgoing<'_>]) -> Result<(), BatchError> {
-        let deadline = Instant::now() + self.config.producer.delivery_timeout;
+        let timeout = self.config.producer.delivery_timeout;
+        let deadline = Instant::now() + timeout;
         let publisher = &self.publisher;
         self.runtime.block_on(async {
             let mut deliveries = Vec::with_capacity(records.len());
             for r in records {
                 deliveries.push(delivered(publisher.enqueue(r, deadline).await?));
             }
-            for result in join_all(deliveries).await {
-                result?;
+            let all = try_join_all(deliveries);
+            match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline) + Duration::from_secs(5), all).await {
+                Ok(result) => result.map(|_| ()).map_err(BatchError::from),
+                Err(_) => Err(BatchError::Retry(format!("outputs not acknowledged within {timeout:?}"))),
             }
-            Ok(())
         })
     }
 

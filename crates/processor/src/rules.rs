@@ -102,10 +102,12 @@ impl Rules {
                 return Verdict::Invalid(Rejection::new(
                     Reason::SeqTooOld,
                     format!(
-                        "seq {} is more than {} behind this vehicle's latest seq {}; it cannot be told from a duplicate",
+                        "seq {} is below {}, the oldest seq still tracked for this vehicle (latest {}, more than {} gaps since); \
+                         it cannot be told from a duplicate",
                         p.seq,
-                        crate::state::WINDOW,
-                        s.latest.seq
+                        s.horizon(),
+                        s.latest.seq,
+                        crate::state::MAX_GAPS
                     ),
                 ))
             }
@@ -234,8 +236,10 @@ mod tests {
         assert_eq!(rules.judge(&pos(10, NOW, 52.0, 13.0), Some(&state), None, NOW), Verdict::Duplicate);
         let late = rules.judge(&pos(9, NOW - 11_000, 52.0, 13.0), Some(&state), None, NOW);
         assert!(matches!(late, Verdict::Valid(p) if p.out_of_order));
-        let mut far = state.clone();
-        far.latest.seq = 100;
-        assert_eq!(reason(rules.judge(&pos(30, NOW, 52.0, 13.0), Some(&far), None, NOW)), Some(Reason::SeqTooOld));
+        let mut gappy = state.clone();
+        for seq in (12..=12 + 2 * crate::state::MAX_GAPS as u64 + 4).step_by(2) {
+            gappy.apply(crate::state::tests::p(seq));
+        }
+        assert_eq!(reason(rules.judge(&pos(9, NOW, 52.0, 13.0), Some(&gappy), None, NOW)), Some(Reason::SeqTooOld));
     }
 }

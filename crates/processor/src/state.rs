@@ -1,93 +1,159 @@
-//! What the processor remembers of each vehicle: its latest valid position and which of the
-//! seqs just below it were already processed. This is all that exactly-once needs, and it is
-//! exactly what `vehicle-latest` holds, so the state can be rebuilt from Kafka after a crash or
-//! a rebalance (see `restore`).
+//! What the processor remembers of each vehicle: its latest valid position, and which seqs
+//! below it were never processed. This is all that exactly-once needs, and it is exactly what
+//! `vehicle-latest` holds, so the state can be rebuilt from Kafka after a crash or a rebalance
+//! (see `restore`).
+//!
+//! The seqs below the latest are remembered as the *gaps* between what was processed: a seq in
+//! a gap is a late position (valid), any other seq at or below the latest was processed (a
+//! duplicate). A device that resends hundreds of positions after an outage, after newer ones
+//! went through, is judged right however far behind they are; only the number of gaps is
+//! bounded ([`MAX_GAPS`]), and a seq below the oldest gap still remembered is too old to tell.
 
 use fleetstream_core::position::VehicleLatest;
 use fleetstream_core::ProcessedPosition;
 
-/// How many seqs below the latest one the duplicate window remembers.
-pub const WINDOW: u64 = 64;
+/// How many gaps (ranges of seqs never processed) a vehicle's state keeps; when there are more,
+/// the oldest are forgotten and seqs below the [`VehicleState::horizon`] become too old to tell.
+pub const MAX_GAPS: usize = 64;
 
 /// How a seq relates to what a vehicle already had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SeqVerdict {
     /// Higher than any seen: the normal case.
     Next,
-    /// Lower than the latest, inside the window and not seen: a late position.
+    /// Lower than the latest and never processed: a late position.
     Late,
-    /// Seen before.
+    /// Processed before.
     Duplicate,
-    /// Further below the latest than the window reaches.
+    /// Below the oldest seq the state still tracks.
     TooOld,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct VehicleState {
     pub latest: ProcessedPosition,
-    /// Bit i set: seq `latest.seq - 1 - i` was processed.
-    pub seen_below: u64,
+    /// Seqs below `latest.seq` never processed, as inclusive ranges in ascending order.
+    gaps: Vec<(u64, u64)>,
+    /// Seqs below this are no longer tracked.
+    horizon: u64,
     /// Changed since the last `vehicle-latest` write.
     pub dirty: bool,
 }
 
 impl VehicleState {
+    /// The state after a vehicle's first position: every seq below it may still come late.
     pub fn new(latest: ProcessedPosition) -> Self {
-        VehicleState { latest, seen_below: 0, dirty: true }
+        let gaps = if latest.seq > 0 { vec![(0, latest.seq - 1)] } else { Vec::new() };
+        VehicleState { latest, gaps, horizon: 0, dirty: true }
     }
 
     pub fn from_latest(record: VehicleLatest) -> Self {
-        VehicleState { latest: record.position, seen_below: record.seen_below, dirty: false }
+        let VehicleLatest { position, gaps, horizon, seen_below } = record;
+        let (gaps, horizon) = match seen_below {
+            // Written before gaps were kept: the 64 seqs below the latest as a bit map.
+            Some(bits) if gaps.is_empty() => {
+                let horizon = position.seq.saturating_sub(64);
+                let gaps = (1..=64u64)
+                    .filter(|d| *d <= position.seq && bits & (1u64 << (d - 1)) == 0)
+                    .map(|d| (position.seq - d, position.seq - d))
+                    .rev()
+                    .collect();
+                (gaps, horizon)
+            }
+            _ => (gaps, horizon),
+        };
+        let mut state = VehicleState { latest: position, gaps: Vec::new(), horizon, dirty: false };
+        for (from, to) in gaps {
+            state.add_gap(from, to);
+        }
+        state
     }
 
     pub fn to_latest(&self) -> VehicleLatest {
-        VehicleLatest { position: self.latest.clone(), seen_below: self.seen_below }
+        VehicleLatest { position: self.latest.clone(), gaps: self.gaps.clone(), horizon: self.horizon, seen_below: None }
+    }
+
+    /// The oldest seq still tracked.
+    pub fn horizon(&self) -> u64 {
+        self.horizon
     }
 
     pub fn verdict(&self, seq: u64) -> SeqVerdict {
-        let max = self.latest.seq;
-        if seq > max {
-            return SeqVerdict::Next;
-        }
-        if seq == max {
-            return SeqVerdict::Duplicate;
-        }
-        let distance = max - seq;
-        if distance > WINDOW {
+        if seq > self.latest.seq {
+            SeqVerdict::Next
+        } else if seq < self.horizon {
             SeqVerdict::TooOld
-        } else if self.seen_below & (1u64 << (distance - 1)) != 0 {
-            SeqVerdict::Duplicate
-        } else {
+        } else if self.in_gap(seq) {
             SeqVerdict::Late
+        } else {
+            SeqVerdict::Duplicate
         }
     }
 
-    /// Records a processed valid position. A higher seq becomes the latest; a lower one only
-    /// marks its seq as seen.
+    fn in_gap(&self, seq: u64) -> bool {
+        let i = self.gaps.partition_point(|g| g.1 < seq);
+        self.gaps.get(i).is_some_and(|g| g.0 <= seq)
+    }
+
+    /// Records a processed valid position. A higher seq becomes the latest (the seqs skipped
+    /// become a gap); a lower one closes its place in a gap.
     pub fn apply(&mut self, p: ProcessedPosition) {
         let max = self.latest.seq;
         if p.seq > max {
-            let shift = p.seq - max;
-            self.seen_below = if shift > WINDOW {
-                0
-            } else {
-                // The old latest lands at bit shift-1; older bits move up with it.
-                let moved = if shift == WINDOW { 0 } else { self.seen_below << shift };
-                moved | (1u64 << (shift - 1))
-            };
+            if p.seq > max + 1 {
+                self.add_gap(max + 1, p.seq - 1);
+            }
             self.latest = p;
-        } else if p.seq < max && max - p.seq <= WINDOW {
-            self.seen_below |= 1u64 << (max - p.seq - 1);
+        } else if p.seq < max {
+            self.fill(p.seq);
         }
         self.dirty = true;
+    }
+
+    /// Appends a gap above every other, forgetting the oldest beyond [`MAX_GAPS`].
+    fn add_gap(&mut self, from: u64, to: u64) {
+        let from = from.max(self.horizon);
+        if from > to {
+            return;
+        }
+        self.gaps.push((from, to));
+        while self.gaps.len() > MAX_GAPS {
+            let (_, end) = self.gaps.remove(0);
+            self.horizon = end + 1;
+        }
+    }
+
+    /// Removes `seq` from the gap holding it.
+    fn fill(&mut self, seq: u64) {
+        let i = self.gaps.partition_point(|g| g.1 < seq);
+        let Some(&(from, to)) = self.gaps.get(i) else { return };
+        if seq < from {
+            return;
+        }
+        match (seq == from, seq == to) {
+            (true, true) => {
+                self.gaps.remove(i);
+            }
+            (true, false) => self.gaps[i].0 = seq + 1,
+            (false, true) => self.gaps[i].1 = seq - 1,
+            (false, false) => {
+                self.gaps[i].1 = seq - 1;
+                self.gaps.insert(i + 1, (seq + 1, to));
+                while self.gaps.len() > MAX_GAPS {
+                    let (_, end) = self.gaps.remove(0);
+                    self.horizon = end + 1;
+                }
+            }
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn p(seq: u64) -> ProcessedPosition {
+    /// A valid position of vehicle 1 with this seq.
+    pub(crate) fn p(seq: u64) -> ProcessedPosition {
         ProcessedPosition {
             obu_id: 1,
             seq,
@@ -106,25 +172,55 @@ mod tests {
     }
 
     #[test]
-    fn window_tracks_seen_seqs() {
+    fn gaps_tell_late_positions_from_duplicates_however_far_behind() {
         let mut s = VehicleState::new(p(100));
         assert_eq!(s.verdict(100), SeqVerdict::Duplicate);
         assert_eq!(s.verdict(101), SeqVerdict::Next);
-        assert_eq!(s.verdict(99), SeqVerdict::Late);
+        assert_eq!(s.verdict(99), SeqVerdict::Late, "seqs before the first one may still come");
+        assert_eq!(s.verdict(0), SeqVerdict::Late);
         s.apply(p(102)); // 101 skipped
         assert_eq!(s.verdict(100), SeqVerdict::Duplicate);
         assert_eq!(s.verdict(101), SeqVerdict::Late);
         s.apply(p(101));
         assert_eq!(s.verdict(101), SeqVerdict::Duplicate);
         assert_eq!(s.latest.seq, 102, "a late seq never moves the latest back");
-        assert_eq!(s.verdict(102 - 64), SeqVerdict::Late);
-        assert_eq!(s.verdict(102 - 65), SeqVerdict::TooOld);
-        s.apply(p(102 + 64));
-        assert_eq!(s.verdict(102), SeqVerdict::Duplicate, "old latest at the window's edge");
-        assert_eq!(s.verdict(101), SeqVerdict::TooOld);
-        s.apply(p(1000));
-        assert_eq!(s.seen_below, 0, "everything older fell out of the window");
+        // An outage: 500 seqs go through before 103..=600's resends arrive.
+        s.apply(p(1_000));
+        for seq in (103..=999).rev() {
+            assert_eq!(s.verdict(seq), SeqVerdict::Late, "{seq}");
+            s.apply(p(seq));
+        }
+        for seq in [103, 500, 999, 1_000] {
+            assert_eq!(s.verdict(seq), SeqVerdict::Duplicate, "{seq}");
+        }
         let restored = VehicleState::from_latest(s.to_latest());
-        assert_eq!(restored.verdict(1000), SeqVerdict::Duplicate);
+        assert_eq!(restored, VehicleState { dirty: false, ..s.clone() });
+        assert_eq!(restored.verdict(50), SeqVerdict::Late);
+        assert_eq!(restored.verdict(101), SeqVerdict::Duplicate);
+    }
+
+    #[test]
+    fn too_many_gaps_forget_the_oldest() {
+        let mut s = VehicleState::new(p(2));
+        // Every other seq: each skip is a gap.
+        for seq in (4..=2 * (MAX_GAPS as u64 + 3)).step_by(2) {
+            s.apply(p(seq));
+        }
+        assert_eq!(s.gaps.len(), MAX_GAPS);
+        assert!(s.horizon() > 2);
+        assert_eq!(s.verdict(1), SeqVerdict::TooOld);
+        assert_eq!(s.verdict(s.latest.seq - 1), SeqVerdict::Late);
+        assert_eq!(s.verdict(s.latest.seq - 2), SeqVerdict::Duplicate);
+    }
+
+    #[test]
+    fn the_old_bit_map_form_is_read() {
+        let record = VehicleLatest { position: p(100), gaps: Vec::new(), horizon: 0, seen_below: Some(!0b101) };
+        let s = VehicleState::from_latest(record);
+        assert_eq!(s.verdict(99), SeqVerdict::Late, "bit 0 clear: 99 never seen");
+        assert_eq!(s.verdict(98), SeqVerdict::Duplicate);
+        assert_eq!(s.verdict(97), SeqVerdict::Late);
+        assert_eq!(s.verdict(36), SeqVerdict::Duplicate);
+        assert_eq!(s.verdict(35), SeqVerdict::TooOld);
     }
 }

@@ -97,24 +97,29 @@ class ComposeTest(unittest.TestCase):
 
 
 class KafkaAgreementTest(unittest.TestCase):
-    """docker-compose.yml's Kafka against crates/kafka-local, on a compose model built from the crate."""
+    """docker-compose.yml's Kafka against kafka-local, on a compose model built from the binary's
+    `version` and `settings`."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.exe = kafka_local.binary(ROOT)
 
     def services(self):
-        version = kafka_local.kafka_version(ROOT)
-        env = {kafka_local.env_name(k): v for k, v in kafka_local.broker_settings(ROOT).items()}
+        version = kafka_local.kafka_version(self.exe)
+        env = {kafka_local.env_name(k): v for k, v in kafka_local.broker_settings(self.exe).items()}
         env.update({"KAFKA_NODE_ID": 1, "KAFKA_LISTENERS": "PLAINTEXT://:9092", "KAFKA_HEAP_OPTS": "-Xmx1g",
                     "CLUSTER_ID": "x"})
         return {"kafka": {"image": f"apache/kafka:{version}", "environment": env},
                 "kafka-init": {"image": f"apache/kafka:{version}"}}
 
     def test_agreeing(self):
-        _, problems = check_ops.kafka_agreement(ROOT, self.services(), partitions=6)
+        _, problems = check_ops.kafka_agreement(self.exe, self.services(), partitions=6)
         self.assertEqual(problems, [])
 
     def test_other_tag(self):
         services = self.services()
         services["kafka-init"]["image"] = "apache/kafka:0.0.1"
-        _, problems = check_ops.kafka_agreement(ROOT, services, partitions=6)
+        _, problems = check_ops.kafka_agreement(self.exe, services, partitions=6)
         self.assertEqual(len(problems), 1)
         self.assertIn("kafka-init", problems[0])
 
@@ -124,14 +129,27 @@ class KafkaAgreementTest(unittest.TestCase):
         del env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"]
         env["KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS"] = 3000
         env["KAFKA_LOG_RETENTION_HOURS"] = 1
-        _, problems = check_ops.kafka_agreement(ROOT, services, partitions=6)
+        _, problems = check_ops.kafka_agreement(self.exe, services, partitions=6)
         self.assertEqual(len(problems), 3, problems)
         self.assertIn("KAFKA_AUTO_CREATE_TOPICS_ENABLE missing", problems[0])
         self.assertIn("group.initial.rebalance.delay.ms=0", problems[1])
         self.assertIn("log.retention.hours", problems[2])
 
+    def test_a_nodes_own_keys_are_its_own(self):
+        services = self.services()
+        services["kafka"]["environment"].update({
+            "KAFKA_ADVERTISED_LISTENERS": "PLAINTEXT://kafka:9092", "KAFKA_LOG_DIRS": "/var/lib/kafka/data",
+            "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@kafka:9093"})
+        _, problems = check_ops.kafka_agreement(self.exe, services, partitions=6)
+        self.assertEqual(problems, [])
+
+    def test_a_binary_that_cannot_answer_is_a_problem(self):
+        _, problems = check_ops.kafka_agreement(ROOT / "no-such-kafka-local", self.services(), partitions=6)
+        self.assertEqual(len(problems), 1)
+        self.assertIn("cannot run", problems[0])
+
     def test_partitions_come_from_the_caller(self):
-        _, problems = check_ops.kafka_agreement(ROOT, self.services(), partitions=12)
+        _, problems = check_ops.kafka_agreement(self.exe, self.services(), partitions=12)
         self.assertEqual(len(problems), 1)
         self.assertIn("num.partitions=12", problems[0])
 

@@ -8,80 +8,72 @@ from ops import kafka_local
 
 ROOT = Path(__file__).resolve().parents[3]
 
-NODE_RS = '''
-pub fn properties(spec: &ClusterSpec, nodes: &[NodeAddr], node: &NodeAddr) -> String {
-    let mut lines = vec![
-        "process.roles=broker,controller".to_string(),
-        format!("node.id={}", node.id),
-        format!("log.dirs={}", node.data_dir().display()),
-    ];
-    lines.join("\\n")
-}
-
-/// Settings.
-pub fn broker_settings(replicas: usize, min_isr: usize, partitions: u32) -> Vec<(&'static str, String)> {
-    vec![
-        ("auto.create.topics.enable", "false".to_string()),
-        ("num.partitions", partitions.to_string()),
-        ("default.replication.factor", replicas.to_string()),
-        ("min.insync.replicas", min_isr.to_string()),
-        ("group.initial.rebalance.delay.ms", String::from("0")),
-    ]
-}
-
-pub fn format() {}
-'''
-
-
 TEMP = tempfile.TemporaryDirectory(prefix="kafka-local-test-")  # removed when the tests end
 
 
-def fake_root(node_rs=NODE_RS, lib_rs='pub const KAFKA_VERSION: &str = "9.8.7";\n'):
-    root = Path(tempfile.mkdtemp(dir=TEMP.name))
-    src = root / "crates/kafka-local/src"
-    src.mkdir(parents=True)
-    (src / "node.rs").write_text(node_rs)
-    (src / "lib.rs").write_text(lib_rs)
-    return root
+def fake_binary(stdout="", status=0, stderr=""):
+    """An executable standing in for kafka-local: prints STDOUT (and STDERR), exits STATUS,
+    and writes its arguments to the file returned with it."""
+    d = Path(tempfile.mkdtemp(dir=TEMP.name))
+    (d / "out").write_text(stdout)
+    (d / "err").write_text(stderr)
+    exe = d / "kafka-local"
+    exe.write_text(f'#!/bin/sh\necho "$@" >"{d}/args"\ncat "{d}/out"\ncat "{d}/err" >&2\nexit {status}\n')
+    exe.chmod(0o755)
+    return exe, d / "args"
 
 
-class SourceTest(unittest.TestCase):
+class BinaryTest(unittest.TestCase):
     def test_version(self):
-        self.assertEqual(kafka_local.kafka_version(fake_root()), "9.8.7")
-        with self.assertRaises(ValueError):
-            kafka_local.kafka_version(fake_root(lib_rs="pub const OTHER: &str = \"1\";\n"))
+        exe, args = fake_binary("9.8.7\n")
+        self.assertEqual(kafka_local.kafka_version(exe), "9.8.7")
+        self.assertEqual(args.read_text().split(), ["version"])
 
-    def test_settings_are_evaluated_for_the_parameters(self):
-        settings = kafka_local.broker_settings(fake_root(), replicas=3, min_isr=2, partitions=12)
-        self.assertEqual(settings, {
-            "auto.create.topics.enable": "false", "num.partitions": "12", "default.replication.factor": "3",
-            "min.insync.replicas": "2", "group.initial.rebalance.delay.ms": "0"})
+    def test_a_version_that_is_not_one_is_an_error(self):
+        exe, _ = fake_binary("Apache Kafka 9.8.7\n")
+        with self.assertRaisesRegex(ValueError, "not a version"):
+            kafka_local.kafka_version(exe)
 
-    def test_an_expression_it_cannot_read_is_an_error(self):
-        bad = NODE_RS.replace('String::from("0")', "(1 + 2).to_string()")
-        with self.assertRaisesRegex(ValueError, "group.initial.rebalance.delay.ms"):
-            kafka_local.broker_settings(fake_root(bad))
+    def test_a_failing_binary_is_an_error_with_its_message(self):
+        exe, _ = fake_binary(status=2, stderr="error: unrecognized subcommand 'settings'\n")
+        with self.assertRaisesRegex(RuntimeError, "unrecognized subcommand"):
+            kafka_local.broker_settings(exe)
+        with self.assertRaisesRegex(RuntimeError, "cannot run"):
+            kafka_local.kafka_version(Path(TEMP.name) / "missing")
 
-    def test_an_entry_over_two_lines_is_an_error(self):
-        bad = NODE_RS.replace('("auto.create.topics.enable", "false".to_string()),',
-                              '(\n            "auto.create.topics.enable",\n            "false".to_string(),\n        ),')
-        with self.assertRaisesRegex(ValueError, "one entry per line"):
-            kafka_local.broker_settings(fake_root(bad))
+    def test_settings_are_asked_for_the_cluster_size(self):
+        exe, args = fake_binary("auto.create.topics.enable=false\nnum.partitions=12\n\nlog.cleaner.x=a=b\n")
+        settings = kafka_local.broker_settings(exe, nodes=3, partitions=12)
+        self.assertEqual(args.read_text().split(), ["--nodes", "3", "--partitions", "12", "settings"])
+        self.assertEqual(settings, {"auto.create.topics.enable": "false", "num.partitions": "12", "log.cleaner.x": "a=b"})
 
-    def test_an_unknown_parameter_is_an_error(self):
-        bad = NODE_RS.replace("partitions: u32)", "partitions: u32, racks: u32)")
-        with self.assertRaisesRegex(ValueError, "racks"):
-            kafka_local.broker_settings(fake_root(bad))
+    def test_settings_it_cannot_read_are_an_error(self):
+        for out, message in (("num.partitions=6\nnot a setting\n", "not KEY=VALUE"),
+                             ("a=1\na=2\n", "twice"),
+                             ("\n", "no settings")):
+            exe, _ = fake_binary(out)
+            with self.assertRaisesRegex(ValueError, message):
+                kafka_local.broker_settings(exe)
 
-    def test_node_keys(self):
-        self.assertEqual(kafka_local.node_keys(fake_root()), {"process.roles", "node.id", "log.dirs"})
+    def test_an_existing_binary_is_not_rebuilt(self):
+        root = Path(tempfile.mkdtemp(dir=TEMP.name))  # no Cargo workspace: a build would fail
+        exe = root / kafka_local.BINARY
+        exe.parent.mkdir(parents=True)
+        exe.write_text("")
+        self.assertEqual(kafka_local.binary(root), exe)
 
-    def test_the_real_crate_can_be_read(self):
-        self.assertRegex(kafka_local.kafka_version(ROOT), r"^\d+\.\d+\.\d+$")
-        settings = kafka_local.broker_settings(ROOT)
-        self.assertEqual(settings.get("auto.create.topics.enable"), "false")
-        self.assertEqual(settings.get("default.replication.factor"), "1")
-        self.assertIn("listeners", kafka_local.node_keys(ROOT))
+    def test_the_real_binary(self):
+        exe = kafka_local.binary(ROOT)
+        self.assertRegex(kafka_local.kafka_version(exe), r"^\d+\.\d+\.\d+$")
+        one = kafka_local.broker_settings(exe, nodes=1, partitions=6)
+        self.assertEqual(one.get("auto.create.topics.enable"), "false")
+        self.assertEqual((one.get("default.replication.factor"), one.get("min.insync.replicas")), ("1", "1"))
+        self.assertEqual(one.get("num.partitions"), "6")
+        three = kafka_local.broker_settings(exe, nodes=3, partitions=12)
+        self.assertEqual((three.get("default.replication.factor"), three.get("min.insync.replicas")), ("3", "2"))
+        self.assertEqual(three.get("num.partitions"), "12")
+        self.assertEqual(set(one), set(three))
+        self.assertFalse(kafka_local.NODE_KEYS & set(one), "a per-node key is also a broker setting")
 
 
 class EnvNameTest(unittest.TestCase):

@@ -1,5 +1,9 @@
 //! Simulator integration tests against a real receiver and broker.
 
+// Tests say what they expect: `.expect("...")` fails with a message where a default would
+// only fail a later assertion (clippy.toml allows it in #[test] functions; this covers helpers).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashSet;
 use std::time::Duration;
 

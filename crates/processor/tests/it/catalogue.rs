@@ -42,7 +42,9 @@ async fn every_invalid_input_lands_in_the_dlq_with_its_reason() {
     ];
     // Vehicle 1: 30 valid positions, one bad record after each of the first 24.
     // Vehicle 2: a valid fix in Berlin, then one in Munich a second later (teleport).
-    // Vehicle 3: seq 200, then seq 100 (too far behind to judge: seq_too_old).
+    // Vehicle 3: every other seq from 200, so that each skip leaves a gap; after more gaps than
+    // the state keeps, seq 100 is too far behind to judge (seq_too_old), while seq 201, in a
+    // gap still remembered, is a late position.
     // Vehicle 4: seq 10, then the late seq 8 (valid, out of order), then seq 10 again (duplicate).
     // Vehicle 1 also resends seq 5 (duplicate).
     let mut expected_bad: Vec<(Vec<u8>, &str)> = Vec::new();
@@ -62,12 +64,17 @@ async fn every_invalid_input_lands_in_the_dlq_with_its_reason() {
     let extra: Vec<(&str, String, Option<&str>)> = vec![
         ("2", raw(2, 1, now - 2000, 52.52, 13.40), None),
         ("2", raw(2, 2, now - 1000, 48.14, 11.58), Some("teleport")),
-        ("3", raw(3, 200, now - 2000, 52.52, 13.40), None),
         ("3", raw(3, 100, now - 1000, 52.52, 13.40), Some("seq_too_old")),
         ("4", raw(4, 10, now - 1000, 52.52, 13.40), None),
         ("4", raw(4, 8, now - 3000, 52.52, 13.40), None),
         ("4", raw(4, 10, now - 1000, 52.52, 13.40), None),
     ];
+    let gappy = fleetstream_processor::state::MAX_GAPS as u64 + 3;
+    let vehicle_3: Vec<u64> = [200, 202, 201].into_iter().chain((2..gappy).map(|i| 200 + 2 * i)).collect();
+    for seq in &vehicle_3 {
+        let position = raw(3, *seq, now - 300_000 + *seq as i64 * 1000, 52.52, 13.40);
+        fleetstream_testkit::produce_with(&producer, &topics.raw, Some("3"), position.as_bytes(), &[]).await.expect("produced");
+    }
     for (key, payload, reason) in &extra {
         fleetstream_testkit::produce_with(&producer, &topics.raw, Some(key), payload.as_bytes(), &[]).await.unwrap_or_else(|e| panic!("{e}"));
         if let Some(r) = reason {
@@ -77,16 +84,17 @@ async fn every_invalid_input_lands_in_the_dlq_with_its_reason() {
     assert!(expected_bad.len() >= 20 + 2);
 
     let mut processor = spawn(&broker, &topics, "catalogue").await;
-    let positions = broker.read(&topics.positions, 34, SETTLE, Duration::from_secs(60)).unwrap_or_default();
+    let expected_valid = 33 + vehicle_3.len();
+    let positions = broker.read(&topics.positions, expected_valid, SETTLE, Duration::from_secs(60)).expect("positions are readable");
     let dead = broker.read(&topics.dlq, expected_bad.len(), SETTLE, Duration::from_secs(60)).unwrap_or_default();
 
     // Valid positions: all of them, once, in order; the late one is marked.
     let by_obu = seqs_by_obu(&positions);
     assert_eq!(by_obu.get(&1), Some(&(1..=30).collect::<Vec<_>>()), "vehicle 1 complete, in order, duplicate dropped");
     assert_eq!(by_obu.get(&2), Some(&vec![1]));
-    assert_eq!(by_obu.get(&3), Some(&vec![200]));
+    assert_eq!(by_obu.get(&3), Some(&vehicle_3), "vehicle 3: the late 201 is valid, after 200 and 202");
     assert_eq!(by_obu.get(&4), Some(&vec![10, 8]));
-    assert_eq!(positions.len(), 34);
+    assert_eq!(positions.len(), expected_valid);
     let late = positions.iter().find(|r| r.json()["obu_id"] == 4 && r.json()["seq"] == 8).map(|r| r.json());
     assert_eq!(late.as_ref().map(|v| v["out_of_order"].clone()), Some(serde_json::json!(true)));
     let second = positions.iter().find(|r| r.json()["obu_id"] == 1 && r.json()["seq"] == 2).map(|r| r.json()).unwrap_or_default();
@@ -122,13 +130,13 @@ async fn every_invalid_input_lands_in_the_dlq_with_its_reason() {
     assert_eq!(latest.len(), 4);
     assert_eq!(latest.get("1").map(|v| v["seq"].clone()), Some(serde_json::json!(30)));
     assert_eq!(latest.get("2").map(|v| v["seq"].clone()), Some(serde_json::json!(1)));
-    assert_eq!(latest.get("3").map(|v| v["seq"].clone()), Some(serde_json::json!(200)));
+    assert_eq!(latest.get("3").map(|v| v["seq"].clone()), vehicle_3.iter().max().map(|s| serde_json::json!(s)));
     assert_eq!(latest.get("4").map(|v| v["seq"].clone()), Some(serde_json::json!(10)));
 
     assert_eq!(processor.metric("fleetstream_processor_duplicates_total", None), 2.0);
-    assert_eq!(processor.metric("fleetstream_processor_positions_valid_total", None), 34.0);
+    assert_eq!(processor.metric("fleetstream_processor_positions_valid_total", None), expected_valid as f64);
     assert_eq!(processor.metric("fleetstream_processor_positions_invalid_total", Some(("reason", "malformed_json"))), 2.0);
     assert_eq!(processor.metric("fleetstream_processor_positions_invalid_total", None), expected_bad.len() as f64);
-    assert_eq!(processor.metric("fleetstream_processor_out_of_order_total", None), 1.0);
+    assert_eq!(processor.metric("fleetstream_processor_out_of_order_total", None), 2.0, "vehicle 4's seq 8 and vehicle 3's seq 201");
     processor.shutdown().await.unwrap_or_else(|e| panic!("{e:#}"));
 }

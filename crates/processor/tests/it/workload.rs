@@ -32,7 +32,7 @@ pub async fn stream_positions(broker: &Broker, topics: &Topics, vehicles: u64, p
             n += 1;
             let ts = start + seq as i64 * 1000;
             let lat = 52.4 + obu as f64 * 0.01 + seq as f64 * 0.0001;
-            let (payload, kind) = if n % 53 == 0 {
+            let (payload, kind) = if n.is_multiple_of(53) {
                 (raw(obu, seq, ts, 95.0, 13.4), 'i')
             } else {
                 (raw(obu, seq, ts, lat, 13.4), 'v')
@@ -47,7 +47,7 @@ pub async fn stream_positions(broker: &Broker, topics: &Topics, vehicles: u64, p
             let key = obu.to_string();
             pending.push(fleetstream_testkit::produce_with(&producer, &topics.raw, Some(&key), payload.as_bytes(), &[]).await);
             produced.total += 1;
-            if n % 40 == 0 && kind == 'v' && seq > 1 {
+            if n.is_multiple_of(40) && kind == 'v' && seq > 1 {
                 // The device resends the previous position after a reconnect.
                 let prev = raw(obu, seq - 1, ts - 1000, lat - 0.0001, 13.4);
                 if previous_was_valid {

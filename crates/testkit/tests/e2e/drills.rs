@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use fleetstream_core::dlq;
@@ -17,16 +17,20 @@ use fleetstream_testkit::{eventually, http_get, metric_value, Broker, Dedicated,
 
 use crate::parse;
 
-/// The drills' cluster, started by the first drill.
-fn cluster() -> MutexGuard<'static, Dedicated> {
-    static CLUSTER: OnceLock<Mutex<Dedicated>> = OnceLock::new();
-    let cluster = CLUSTER.get_or_init(|| Mutex::new(Dedicated::start(3).expect("a three-node Apache Kafka cluster starts")));
+/// The drills' cluster, started by the first drill; one drill at a time holds it.
+async fn cluster() -> tokio::sync::MutexGuard<'static, Dedicated> {
+    static CLUSTER: OnceLock<tokio::sync::Mutex<Dedicated>> = OnceLock::new();
+    let cluster = tokio::task::block_in_place(|| {
+        CLUSTER.get_or_init(|| tokio::sync::Mutex::new(Dedicated::start(3).expect("a three-node Apache Kafka cluster starts")))
+    });
+    let mut guard = cluster.lock().await;
     // A drill that failed half-way may have left nodes down: the next one starts whole.
-    let mut guard = cluster.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if !guard.all_running() {
-        guard.restart_all().expect("the cluster's nodes restart");
-    }
-    guard.wait_fully_replicated(Duration::from_secs(120)).expect("the cluster is whole before a drill");
+    tokio::task::block_in_place(|| {
+        if !guard.all_running() {
+            guard.restart_all().expect("the cluster's nodes restart");
+        }
+        guard.wait_fully_replicated(Duration::from_secs(120)).expect("the cluster is whole before a drill");
+    });
     guard
 }
 
@@ -143,13 +147,13 @@ impl Timeline {
     /// Seconds from `t` until the counter moved again.
     fn resumed_after(&self, counter: usize, t: f64) -> Option<f64> {
         let value = |s: &(f64, f64, f64, bool)| if counter == 1 { s.1 } else { s.2 };
-        let base = self.samples.iter().filter(|s| s.0 <= t).map(value).last()?;
+        let base = self.samples.iter().rev().find(|s| s.0 <= t).map(value)?;
         self.samples.iter().find(|s| s.0 > t && value(s) > base).map(|s| s.0 - t)
     }
 
     /// Acks counted between `from` and `to` (seconds).
     fn acks_between(&self, from: f64, to: f64) -> f64 {
-        let at = |t: f64| self.samples.iter().filter(|s| s.0 <= t).map(|s| s.1).last().unwrap_or(0.0);
+        let at = |t: f64| self.samples.iter().rev().find(|s| s.0 <= t).map(|s| s.1).unwrap_or(0.0);
         at(to) - at(from)
     }
 
@@ -199,8 +203,11 @@ struct Accounting {
     generated: u64,
     sent: u64,
     acked: u64,
-    lost: Vec<(u64, u64)>,
+    /// Acked, not in `positions`: (obu_id, seq, the DLQ reason if it is there).
+    lost: Vec<(u64, u64, Option<String>)>,
     duplicated: Vec<(u64, u64)>,
+    /// Distinct positions in `positions`.
+    in_positions: u64,
     dead_lettered: BTreeMap<String, u64>,
 }
 
@@ -225,17 +232,20 @@ async fn account(broker: &Broker, pipeline: &Pipeline, summary: &fleetstream_obu
             dead_ids.insert((o, s), reason);
         }
     }
+    // The fleet sends only valid positions: every acked one belongs in `positions`. One that is
+    // only in the DLQ is lost to the user too.
     let mut lost = Vec::new();
     for (obu, seqs) in &summary.acked_by_vehicle {
         for seq in seqs.iter() {
-            if !count.contains_key(&(*obu, seq)) && !dead_ids.contains_key(&(*obu, seq)) {
-                lost.push((*obu, seq));
+            if !count.contains_key(&(*obu, seq)) {
+                lost.push((*obu, seq, dead_ids.get(&(*obu, seq)).cloned()));
             }
         }
     }
     let mut duplicated: Vec<(u64, u64)> = count.iter().filter(|(_, n)| **n > 1).map(|(id, _)| *id).collect();
     duplicated.sort_unstable();
-    Accounting { generated: summary.generated, sent: summary.sent, acked, lost, duplicated, dead_lettered }
+    let in_positions = count.len() as u64;
+    Accounting { generated: summary.generated, sent: summary.sent, acked, lost, duplicated, in_positions, dead_lettered }
 }
 
 /// When a fault happened, in seconds since the drill started.
@@ -264,7 +274,7 @@ async fn drill<F>(name: &str, fault_takes: Duration, fault: F) -> (Accounting, A
 where
     F: FnOnce(&mut Dedicated, &Topics, &Clock) -> Window,
 {
-    let mut cluster = cluster();
+    let mut cluster = cluster().await;
     let broker = cluster.broker().clone();
     let mut pipeline = start_pipeline(&broker).await;
     let started = Instant::now();
@@ -278,21 +288,23 @@ where
     tokio::task::block_in_place(|| cluster.wait_fully_replicated(Duration::from_secs(120))).expect("the cluster is whole again");
     let accounting = account(&broker, &pipeline, &summary).await;
 
-    // The tracker recovered by itself: it stored exactly what `positions` holds.
-    let distinct = accounting.acked; // every acked position is in positions once (asserted below)
+    // The tracker recovered by itself: it stored everything `positions` holds.
+    let distinct = accounting.in_positions;
     let store = pipeline.tracker_store.clone();
-    let stored = eventually(Duration::from_secs(60), || {
+    let stored = eventually(Duration::from_secs(120), || {
         let store = store.clone();
         async move { store.position_count().await.is_ok_and(|n| n as u64 >= distinct) }
     })
     .await;
+    let stored_count = pipeline.tracker_store.position_count().await.unwrap_or(-1);
     watch.abort();
     let report = report_line(name, &accounting, &timeline, window);
     eprintln!("{report}");
     append_report(&report);
-    assert!(accounting.lost.is_empty(), "{name}: acked positions missing from positions and the DLQ: {:?}", accounting.lost);
+    assert!(accounting.lost.is_empty(), "{name}: acked positions missing from positions: {:?}", accounting.lost);
+    assert!(accounting.dead_lettered.is_empty(), "{name}: the fleet's valid positions were dead-lettered: {:?}", accounting.dead_lettered);
     assert!(accounting.duplicated.is_empty(), "{name}: positions twice in `positions`: {:?}", accounting.duplicated);
-    assert!(stored, "{name}: the tracker stored every position");
+    assert!(stored, "{name}: the tracker stored every position: {stored_count} of {distinct}");
     assert!(pipeline.receiver.shutdown().await.is_ok(), "{name}: the receiver stops cleanly");
     assert!(pipeline.processor.shutdown().await.is_ok(), "{name}: the processor stops cleanly");
     assert!(pipeline.tracker.shutdown().await.is_ok(), "{name}: the tracker stops cleanly");

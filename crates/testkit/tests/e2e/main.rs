@@ -1,6 +1,10 @@
 //! End to end: simulated OBUs -> receiver -> gpscoords -> processor -> positions / DLQ, with
 //! every piece real (broker process, services on port 0, sockets).
 
+// Tests say what they expect: `.expect("...")` fails with a message where a default would
+// only fail a later assertion (clippy.toml allows it in #[test] functions; this covers helpers).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 

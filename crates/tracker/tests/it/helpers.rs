@@ -202,7 +202,7 @@ pub async fn produce_positions(producer: &FutureProducer, topic: &str, positions
 
 pub async fn produce_latest(producer: &FutureProducer, topic: &str, positions: &[ProcessedPosition]) {
     for p in positions {
-        let latest = VehicleLatest { position: p.clone(), seen_below: u64::MAX };
+        let latest = VehicleLatest { position: p.clone(), gaps: Vec::new(), horizon: 0, seen_below: None };
         let payload = serde_json::to_vec(&latest).unwrap_or_else(|e| panic!("{e}"));
         fleetstream_testkit::produce_with(producer, topic, Some(&p.obu_id.to_string()), &payload, &[])
             .await
