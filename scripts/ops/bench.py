@@ -4,7 +4,9 @@ builds), measures five stages several times, and hands the medians to `bench-rep
 writes docs/benchmarks.md and its plots.
 
 Environment: BENCH_RUNS (3), BENCH_QUICK=1 (smaller counts, for a smoke run), BENCH_NOTES (a
-JSON file with a list of extra notes for the report). The services inherit the environment, but
+JSON file with a list of extra notes for the report), BENCH_EXACTLY_ONCE (the processor's
+--exactly-once mode, transactions), BENCH_MODES=1 (instead of the suite: both exactly-once modes
+compared, a Markdown table on stdout; docs/processing.md quotes it). The services inherit the environment, but
 every setting that matters is passed as a flag.
 """
 import json
@@ -148,11 +150,14 @@ def receiver(broker, t, port, extra=()):
     return p
 
 
+EXACTLY_ONCE = os.environ.get("BENCH_EXACTLY_ONCE", "transactions")
+
+
 def processor(broker, t, port):
     p = start("processor", [REL / "processor", "--listen", f"127.0.0.1:{port}", "--kafka-brokers", broker.brokers,
                             "--group-id", f"bench-{port}", "--input-topic", t["gpscoords"],
                             "--positions-topic", t["positions"], "--latest-topic", t["vehicle-latest"],
-                            "--dlq-topic", t["gpscoords-dlq"], "--log-level", "warn"])
+                            "--dlq-topic", t["gpscoords-dlq"], "--exactly-once", EXACTLY_ONCE, "--log-level", "warn"])
     wait_ready(port)
     return p
 
@@ -309,6 +314,30 @@ def machine(broker):
             "rustc": rustc, "date": time.strftime("%Y-%m-%d"), "broker": f"Apache Kafka {broker.version}"}
 
 
+def compare_modes(broker):
+    """The processor's two exactly-once modes on the same broker, alternating, RUNS times each:
+    processor throughput and end-to-end latency at 1k/s and 10k/s. Prints a Markdown table."""
+    global EXACTLY_ONCE
+    rows = {}
+    for i in range(RUNS):
+        for mode in ("transactions", "rebuild"):
+            EXACTLY_ONCE = mode
+            log(f"modes: run {i + 1}/{RUNS}, {mode}")
+            r = rows.setdefault(mode, {"per_s": [], "cpu": [], 1_000: [], 10_000: []})
+            per_s, cpu, _ = stage_processor(broker)
+            r["per_s"].append(per_s)
+            r["cpu"].append(cpu[0])
+            for rate in (1_000, 10_000):
+                r[rate].append(stage_e2e(broker, rate))
+    med = statistics.median
+    print(f"| mode | processor records/s | processor CPU-s per {N_PROCESSOR} | e2e p50 / p99 at 1k/s (ms) | e2e p50 / p99 at 10k/s (ms) |")
+    print("|---|---|---|---|---|")
+    for mode, r in rows.items():
+        lat = {rate: (med(x["p50"] for x in r[rate]), med(x["p99"] for x in r[rate])) for rate in (1_000, 10_000)}
+        print(f"| {mode} | {med(r['per_s']):,.0f} (runs {', '.join(f'{x:,.0f}' for x in r['per_s'])}) | {med(r['cpu']):.1f} "
+              f"| {lat[1_000][0]:.0f} / {lat[1_000][1]:.0f} | {lat[10_000][0]:.0f} / {lat[10_000][1]:.0f} |")
+
+
 def main():
     global WORK, CONNECTIONS
     WORK = Path(tempfile.mkdtemp(prefix="fleetstream-bench-"))
@@ -331,6 +360,10 @@ def main():
     broker = Broker(WORK / "kafka")
     try:
         broker.start()
+        if os.environ.get("BENCH_MODES") == "1":
+            stage_baseline(broker)  # warm-up
+            compare_modes(broker)
+            return
         results = {"machine": machine(broker), "runs": RUNS, "partitions": PARTITIONS}
         log("warm-up")
         stage_baseline(broker)

@@ -39,6 +39,32 @@ pub fn init(args: &LogArgs) {
     };
 }
 
+/// Lets a repeated log line through at most once per interval, counting the ones held back: a
+/// Kafka client reports every failed connection while brokers are down, dozens a second.
+#[derive(Debug)]
+pub struct Throttle {
+    every: std::time::Duration,
+    last: Option<std::time::Instant>,
+    held_back: u64,
+}
+
+impl Throttle {
+    pub fn new(every: std::time::Duration) -> Self {
+        Throttle { every, last: None, held_back: 0 }
+    }
+
+    /// Whether to log now; if so, how many were held back since the last one.
+    pub fn pass(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|l| now.duration_since(l) < self.every) {
+            self.held_back += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held_back))
+    }
+}
+
 /// Latency buckets, in seconds, from 0.5 ms to 30 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,

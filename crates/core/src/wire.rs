@@ -245,6 +245,15 @@ fn has_non_finite_token(text: &str) -> bool {
     false
 }
 
+/// A position in the seed's legacy form, `{"obuid", "lat", "lon"}`: no seq or ts (the receiver
+/// fills them in). What legacy devices send; the parser above reads it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LegacyPosition {
+    pub obuid: u64,
+    pub lat: f64,
+    pub lon: f64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +287,13 @@ mod tests {
                 legacy: false
             })
         );
+    }
+
+    #[test]
+    fn the_legacy_form_serialises_as_the_parser_reads_it() {
+        let text = serde_json::to_string(&LegacyPosition { obuid: 12, lat: 40.4, lon: -3.7 }).unwrap_or_default();
+        let p = one(&text).unwrap_or_else(|r| panic!("{r}"));
+        assert!(p.legacy && p.obu_id == 12 && p.lat == 40.4 && p.lon == -3.7, "{text}");
     }
 
     #[test]

@@ -4,6 +4,9 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use rand::rngs::StdRng;
+use rand::Rng as _;
+
 use fleetstream_core::telemetry::LogArgs;
 
 /// What the simulator does.
@@ -36,40 +39,68 @@ pub enum Fault {
     Nan,
 }
 
-/// A bounding box: `MIN_LAT,MIN_LON,MAX_LAT,MAX_LON`.
+/// The area vehicles drive in: a bounding box in degrees, written longitude first like the
+/// tracker's `bbox` query parameter (the GeoJSON and OpenStreetMap order):
+/// `MIN_LON,MIN_LAT,MAX_LON,MAX_LAT`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Area {
-    pub min_lat: f64,
-    pub min_lon: f64,
-    pub max_lat: f64,
-    pub max_lon: f64,
+    min_lon: f64,
+    min_lat: f64,
+    max_lon: f64,
+    max_lat: f64,
+}
+
+impl Area {
+    /// A box from its corners in the GeoJSON order: longitudes in [-180, 180], latitudes in
+    /// [-90, 90], each minimum below its maximum (no box across the antimeridian). `Err` says
+    /// which value is wrong.
+    pub fn new(min_lon: f64, min_lat: f64, max_lon: f64, max_lat: f64) -> Result<Area, String> {
+        for lon in [min_lon, max_lon] {
+            if !(-180.0..=180.0).contains(&lon) {
+                return Err(format!("longitude {lon} is outside [-180, 180]"));
+            }
+        }
+        for lat in [min_lat, max_lat] {
+            if !(-90.0..=90.0).contains(&lat) {
+                return Err(format!("latitude {lat} is outside [-90, 90]"));
+            }
+        }
+        if min_lon >= max_lon {
+            return Err(format!("min_lon {min_lon} is not below max_lon {max_lon}"));
+        }
+        if min_lat >= max_lat {
+            return Err(format!("min_lat {min_lat} is not below max_lat {max_lat}"));
+        }
+        Ok(Area { min_lon, min_lat, max_lon, max_lat })
+    }
+
+    pub fn contains(&self, lat: f64, lon: f64) -> bool {
+        (self.min_lat..=self.max_lat).contains(&lat) && (self.min_lon..=self.max_lon).contains(&lon)
+    }
+
+    /// A uniformly random point inside, as (lat, lon).
+    pub fn random_point(&self, rng: &mut StdRng) -> (f64, f64) {
+        // Latitude first: the draws of a seed stay those of earlier versions.
+        let lat = rng.random_range(self.min_lat..=self.max_lat);
+        (lat, rng.random_range(self.min_lon..=self.max_lon))
+    }
+
+    /// The nearest point inside, as (lat, lon).
+    pub fn clamp(&self, lat: f64, lon: f64) -> (f64, f64) {
+        (lat.clamp(self.min_lat, self.max_lat), lon.clamp(self.min_lon, self.max_lon))
+    }
 }
 
 impl FromStr for Area {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let v: Vec<f64> = s
-            .split(',')
-            .map(|x| x.trim().parse::<f64>().map_err(|e| format!("`{x}`: {e}")))
-            .collect::<Result<_, _>>()?;
-        let [min_lat, min_lon, max_lat, max_lon] = v[..] else {
-            return Err("expected MIN_LAT,MIN_LON,MAX_LAT,MAX_LON".into());
+        let invalid = |why: String| format!("the area must be MIN_LON,MIN_LAT,MAX_LON,MAX_LAT in degrees, longitude first; {why}");
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        let [min_lon, min_lat, max_lon, max_lat] = parts[..] else {
+            return Err(invalid(format!("got {} values in `{s}`", parts.len())));
         };
-        if !(min_lat < max_lat && min_lon < max_lon && (-90.0..=90.0).contains(&min_lat) && (-90.0..=90.0).contains(&max_lat)
-            && (-180.0..=180.0).contains(&min_lon) && (-180.0..=180.0).contains(&max_lon))
-        {
-            return Err("the box must have MIN < MAX, latitudes in [-90, 90] and longitudes in [-180, 180]".into());
-        }
-        Ok(Area { min_lat, min_lon, max_lat, max_lon })
-    }
-}
-
-impl Area {
-    /// Berlin, inside the ring road and a bit beyond.
-    pub const BERLIN: Area = Area { min_lat: 52.40, min_lon: 13.20, max_lat: 52.60, max_lon: 13.60 };
-
-    pub fn contains(&self, lat: f64, lon: f64) -> bool {
-        (self.min_lat..=self.max_lat).contains(&lat) && (self.min_lon..=self.max_lon).contains(&lon)
+        let number = |part: &str| part.parse::<f64>().ok().filter(|f| f.is_finite()).ok_or_else(|| invalid(format!("`{part}` is not a number")));
+        Area::new(number(min_lon)?, number(min_lat)?, number(max_lon)?, number(max_lat)?).map_err(invalid)
     }
 }
 
@@ -115,8 +146,9 @@ pub struct Config {
     #[arg(long, env = "SIM_JITTER", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub jitter: Duration,
 
-    /// Fleet mode: area vehicles drive in, MIN_LAT,MIN_LON,MAX_LAT,MAX_LON (default Berlin).
-    #[arg(long, env = "SIM_AREA", default_value = "52.40,13.20,52.60,13.60")]
+    /// Fleet mode: area vehicles drive in, MIN_LON,MIN_LAT,MAX_LON,MAX_LAT in degrees: longitude
+    /// first, like the tracker's bbox (default Berlin).
+    #[arg(long, env = "SIM_AREA", default_value = "13.20,52.40,13.60,52.60")]
     pub area: Area,
 
     /// Fleet mode: top speed of a vehicle, km/h.
@@ -205,4 +237,56 @@ pub struct Config {
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+#[cfg(test)]
+impl Config {
+    /// Every flag at its default (fleet mode in Berlin), for unit tests.
+    pub(crate) fn defaults() -> Config {
+        <Config as clap::Parser>::try_parse_from(["obu-sim"]).expect("the defaults parse")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn areas_are_longitude_first_like_the_trackers_bbox() {
+        let berlin: Area = "13.20,52.40,13.60,52.60".parse().expect("Berlin");
+        assert_eq!(berlin, Config::defaults().area, "the default is Berlin");
+        assert!(berlin.contains(52.52, 13.40), "Alexanderplatz is in Berlin");
+        assert!(!berlin.contains(13.40, 52.52), "latitude and longitude are not interchangeable");
+        assert_eq!(berlin.clamp(53.0, 13.0), (52.60, 13.20));
+        assert_eq!(" -4.0, 40.0 ,-3.0,41.0".parse::<Area>(), Area::new(-4.0, 40.0, -3.0, 41.0), "Madrid, with spaces");
+    }
+
+    #[test]
+    fn bad_areas_say_what_is_wrong() {
+        for (bad, why) in [
+            ("13.2,52.4,13.6", "got 3 values"),
+            ("13.2,52.4,13.6,52.6,1", "got 5 values"),
+            ("13.2,north,13.6,52.6", "`north` is not a number"),
+            ("13.2,NaN,13.6,52.6", "`NaN` is not a number"),
+            ("13.2,52.4,inf,52.6", "`inf` is not a number"),
+            ("-181,52.4,13.6,52.6", "longitude -181 is outside [-180, 180]"),
+            ("13.2,-91,13.6,52.6", "latitude -91 is outside [-90, 90]"),
+            // Kansas in the old latitude-first order: -100 is no latitude.
+            ("40,-100,45,-90", "latitude -100 is outside [-90, 90]"),
+            ("13.6,52.4,13.2,52.6", "min_lon 13.6 is not below max_lon 13.2"),
+            ("13.2,52.6,13.6,52.4", "min_lat 52.6 is not below max_lat 52.4"),
+            ("13.2,52.4,13.2,52.6", "min_lon 13.2 is not below max_lon 13.2"),
+        ] {
+            let error = bad.parse::<Area>().expect_err(bad);
+            assert!(error.starts_with("the area must be MIN_LON,MIN_LAT,MAX_LON,MAX_LAT"), "{bad}: {error}");
+            assert!(error.contains(why), "{bad}: {error:?} lacks {why:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_area_flag_is_refused_with_the_reason() {
+        let error = <Config as clap::Parser>::try_parse_from(["obu-sim", "--area=52.40,13.20,52.30,13.60"]).expect_err("a box upside down");
+        let text = error.to_string();
+        assert!(text.contains("--area") && text.contains("min_lon 52.4 is not below max_lon 52.3"), "{text}");
+    }
 }

@@ -24,16 +24,27 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use fleetstream_core::frames::ServerFrame;
-use fleetstream_core::now_ms;
+use fleetstream_core::{now_ms, Position};
 
 use crate::config::{Config, Fault, Mode};
 use crate::movement::{Fix, Limits, Vehicle};
 use crate::stats::{AckedSeqs, Stats};
 
-/// A generated position waiting for its ack.
+/// What the lane does with a frame once it is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// A generated position with its own seq: kept until the receiver acks it (or refuses it
+    /// for good), and resent with the same seq after a reconnect.
+    UntilAcked { seq: u64 },
+    /// Sent once and forgotten: fault frames and deliberate duplicate copies, whose answers
+    /// are only counted.
+    FireAndForget,
+}
+
+/// A frame waiting to be sent, or sent and waiting for its ack.
 #[derive(Debug)]
 struct Pending {
-    seq: u64,
+    delivery: Delivery,
     text: String,
     legacy: bool,
     /// When it was last written to the socket; `None` = not sent on this connection.
@@ -41,6 +52,46 @@ struct Pending {
     /// Not before this time (after a retryable refusal).
     retry_at: Option<Instant>,
     sends: u32,
+}
+
+impl Pending {
+    fn until_acked(seq: u64, text: String, legacy: bool) -> Self {
+        Pending { delivery: Delivery::UntilAcked { seq }, text, legacy, sent_at: None, retry_at: None, sends: 0 }
+    }
+
+    /// Never matched to an ack (it is gone once sent), so never treated as legacy either.
+    fn fire_and_forget(text: String) -> Self {
+        Pending { delivery: Delivery::FireAndForget, text, legacy: false, sent_at: None, retry_at: None, sends: 0 }
+    }
+
+    /// The seq an ack or a refusal names; none for a fire-and-forget frame.
+    fn seq(&self) -> Option<u64> {
+        match self.delivery {
+            Delivery::UntilAcked { seq } => Some(seq),
+            Delivery::FireAndForget => None,
+        }
+    }
+
+    fn is_fire_and_forget(&self) -> bool {
+        self.delivery == Delivery::FireAndForget
+    }
+}
+
+/// The JSON a device sends for a structurally valid position, whether or not it is believable
+/// (the processor judges that): the shared [`Position`], or the legacy form.
+fn position_json(position: &Position, legacy: bool) -> serde_json::Result<String> {
+    if legacy {
+        serde_json::to_string(&fleetstream_core::wire::LegacyPosition { obuid: position.obu_id, lat: position.lat, lon: position.lon })
+    } else {
+        serde_json::to_string(position)
+    }
+}
+
+/// `x` rounded to `decimals` places, as a device reports it (7 for coordinates: about a
+/// centimetre; 1 for speed and heading), which also keeps frames short.
+fn rounded(x: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (x * scale).round() / scale
 }
 
 struct SimVehicle {
@@ -125,10 +176,7 @@ impl Lane {
             .iter()
             .map(|&obu_id| {
                 let mut model = Vehicle::new(config.area, limits, config.seed, obu_id);
-                let base = {
-                    let r = model.rng();
-                    (r.random_range(config.area.min_lat..=config.area.max_lat), r.random_range(config.area.min_lon..=config.area.max_lon))
-                };
+                let base = config.area.random_point(model.rng());
                 // Spread first reports over one interval so a fleet does not report in lockstep.
                 let offset = config.interval.mul_f64(rng.random_range(0.0..1.0));
                 let legacy = config.legacy_ratio > 0.0 && rng.random_bool(config.legacy_ratio.clamp(0.0, 1.0));
@@ -318,7 +366,9 @@ impl Lane {
         let duplicate = config.duplicate_ratio > 0.0 && self.rng.random_bool(config.duplicate_ratio.clamp(0.0, 1.0));
         let v = &mut self.vehicles[i];
         let (obu, legacy) = (v.obu_id, v.legacy);
-        // Structural faults are extra frames the receiver refuses; they use no seq.
+        // Structural faults are extra frames the receiver refuses, so they use no seq. They are
+        // written by hand on purpose: no serializer writes a missing field, a string for a
+        // number or a NaN token.
         let structural = match fault {
             Some(Fault::NonJson) => Some(format!("obu {obu} says hello")),
             Some(Fault::MissingField) => Some(format!(r#"{{"obu_id":{obu},"seq":0,"ts":{ts},"lon":{}}}"#, fix.lon)),
@@ -328,13 +378,12 @@ impl Lane {
         };
         if let Some(text) = structural {
             self.stats.faults.inc();
-            v.pending.push_back(Pending { seq: 0, text, legacy: false, sent_at: None, retry_at: None, sends: 0 });
+            v.pending.push_back(Pending::fire_and_forget(text));
             self.unacked += 1;
             self.stats.unacked.inc();
             return;
         }
-        let seq = v.next_seq;
-        v.next_seq += 1;
+        // Semantic faults: well-formed positions the processor refuses.
         let (mut lat, mut lon, mut ts) = (fix.lat, fix.lon, ts);
         match fault {
             Some(Fault::BadCoords) => lat = 91.5,
@@ -343,25 +392,36 @@ impl Lane {
             Some(Fault::Teleport) => lat = if lat > 0.0 { lat - 0.45 } else { lat + 0.45 },
             _ => {}
         }
+        let position = Position {
+            obu_id: obu,
+            seq: v.next_seq,
+            ts,
+            lat: rounded(lat, 7),
+            lon: rounded(lon, 7),
+            speed: Some(rounded(fix.speed, 1)),
+            // 359.96 rounds to 360.0, which is not a heading: it is 0.0.
+            heading: Some(rounded(fix.heading, 1) % 360.0),
+        };
+        let text = match position_json(&position, legacy) {
+            Ok(text) => text,
+            Err(error) => {
+                // Cannot happen for a struct of numbers; skipped rather than sent broken.
+                tracing::error!(obu_id = obu, %error, "cannot serialize a position");
+                return;
+            }
+        };
+        v.next_seq += 1;
         if fault.is_some() {
             self.stats.faults.inc();
         }
-        let text = if legacy {
-            format!(r#"{{"obuid":{obu},"lat":{lat},"lon":{lon}}}"#)
-        } else {
-            format!(
-                r#"{{"obu_id":{obu},"seq":{seq},"ts":{ts},"lat":{lat:.7},"lon":{lon:.7},"speed":{:.1},"heading":{:.1}}}"#,
-                fix.speed, fix.heading
-            )
-        };
         self.stats.generated.inc();
         if duplicate {
             self.stats.duplicates_sent.inc();
-            v.pending.push_back(Pending { seq: 0, text: text.clone(), legacy, sent_at: None, retry_at: None, sends: 0 });
+            v.pending.push_back(Pending::fire_and_forget(text.clone()));
             self.unacked += 1;
             self.stats.unacked.inc();
         }
-        v.pending.push_back(Pending { seq, text, legacy, sent_at: None, retry_at: None, sends: 0 });
+        v.pending.push_back(Pending::until_acked(position.seq, text, legacy));
         self.unacked += 1;
         self.stats.unacked.inc();
         while v.pending.len() > config.buffer.max(1) {
@@ -404,7 +464,7 @@ impl Lane {
                 p.sent_at = Some(now);
                 p.retry_at = None;
                 self.stats.sent.inc();
-                if p.seq == 0 {
+                if p.is_fire_and_forget() {
                     // Faults and duplicate copies travel alone so their refusal is unambiguous.
                     flush(&mut frame);
                     frame.push(&p.text);
@@ -421,7 +481,7 @@ impl Lane {
         // Fault frames and duplicate copies are fire-and-forget: forget them once sent.
         for v in &mut self.vehicles {
             let before = v.pending.len();
-            v.pending.retain(|p| p.seq != 0 || p.sent_at.is_none());
+            v.pending.retain(|p| !(p.is_fire_and_forget() && p.sent_at.is_some()));
             let removed = before - v.pending.len();
             self.unacked -= removed;
             self.stats.unacked.sub(removed as i64);
@@ -437,7 +497,7 @@ impl Lane {
             ServerFrame::Ack { obu_id, seq } => {
                 let Some(&i) = self.index.get(&obu_id) else { return };
                 let v = &mut self.vehicles[i];
-                let pos = v.pending.iter().position(|p| p.seq == seq && p.sent_at.is_some() && !p.legacy).or_else(|| {
+                let pos = v.pending.iter().position(|p| p.seq() == Some(seq) && p.sent_at.is_some() && !p.legacy).or_else(|| {
                     // Legacy positions get their seq from the receiver: acks come in order, so
                     // the oldest legacy position in flight is the one acked.
                     v.pending.iter().position(|p| p.legacy && p.sent_at.is_some())
@@ -460,7 +520,7 @@ impl Lane {
                 let (Some(obu_id), Some(seq)) = (e.obu_id, e.seq) else { return };
                 let Some(&i) = self.index.get(&obu_id) else { return };
                 let v = &mut self.vehicles[i];
-                let Some(pos) = v.pending.iter().position(|p| p.seq == seq && seq != 0) else { return };
+                let Some(pos) = v.pending.iter().position(|p| p.seq() == Some(seq)) else { return };
                 if e.retryable {
                     let wait = Duration::from_millis(250) * v.pending[pos].sends.min(20);
                     v.pending[pos].sent_at = None;
@@ -509,6 +569,8 @@ mod tests {
     use super::*;
     use clap::Parser as _;
     use fleetstream_core::position::distance_m;
+    use fleetstream_core::wire::parse_frame;
+    use fleetstream_core::Reason;
 
     /// (seconds since start, seq, lat, lon) of every fix each vehicle generated.
     async fn drive(seed: u64) -> Vec<Vec<(f64, u64, f64, f64)>> {
@@ -525,8 +587,10 @@ mod tests {
             let t = start.elapsed().as_secs_f64();
             for (i, v) in lane.vehicles.iter_mut().enumerate() {
                 for p in v.pending.iter().skip(before[i]) {
-                    let j: serde_json::Value = serde_json::from_str(&p.text).unwrap_or_default();
-                    tracks[i].push((t, p.seq, j["lat"].as_f64().unwrap_or(0.0), j["lon"].as_f64().unwrap_or(0.0)));
+                    let position: Position = serde_json::from_str(&p.text).expect("a generated position is a Position");
+                    let seq = p.seq().expect("a generated position waits for its ack");
+                    assert_eq!(position.seq, seq, "the frame carries the seq the lane tracks");
+                    tracks[i].push((t, seq, position.lat, position.lon));
                 }
                 v.pending.clear(); // as if acked: keep the buffer from filling
             }
@@ -534,9 +598,86 @@ mod tests {
         tracks
     }
 
+    /// The frames a load-mode lane of 20 vehicles generates in one go with `args` (200 of
+    /// them, plus duplicate copies), oldest first.
+    fn frames(args: &[&str]) -> Vec<Pending> {
+        let mut all = vec!["obu-sim", "--mode=load", "--rate=0", "--max-in-flight=200", "--vehicles=20"];
+        all.extend(args);
+        let config = Config::try_parse_from(all).expect("valid flags");
+        let control = Control { stop_generating: CancellationToken::new(), hard_stop: CancellationToken::new(), budget: None, connector: None };
+        let mut lane = Lane::new(0, (1..=20).collect(), 1, Arc::new(config), Arc::new(Stats::new()), control);
+        lane.generate();
+        lane.vehicles.iter_mut().flat_map(|v| std::mem::take(&mut v.pending)).collect()
+    }
+
+    /// What the receiver's parser makes of a frame of one position.
+    fn parsed(text: &str) -> Result<fleetstream_core::wire::WirePosition, Reason> {
+        let mut elements = parse_frame(text, 1).map_err(|r| r.reason)?;
+        assert_eq!(elements.len(), 1, "{text}");
+        elements.remove(0).parsed.map_err(|r| r.reason)
+    }
+
+    #[test]
+    fn positions_are_the_shared_type_and_acked_by_seq() {
+        let frames = frames(&[]);
+        assert_eq!(frames.len(), 200);
+        for p in &frames {
+            let position: Position = serde_json::from_str(&p.text).unwrap_or_else(|e| panic!("{e}: {}", p.text));
+            assert_eq!(p.seq(), Some(position.seq), "{}", p.text);
+            let wire = parsed(&p.text).unwrap_or_else(|r| panic!("{r:?}: {}", p.text));
+            assert_eq!((wire.obu_id, wire.seq, wire.legacy), (position.obu_id, Some(position.seq), false));
+            assert!(position.heading.is_some_and(|h| (0.0..360.0).contains(&h)) && position.speed.is_some(), "{}", p.text);
+        }
+    }
+
+    #[test]
+    fn legacy_vehicles_send_the_seeds_form() {
+        for p in frames(&["--legacy-ratio=1"]) {
+            let wire = parsed(&p.text).unwrap_or_else(|r| panic!("{r:?}: {}", p.text));
+            assert!(wire.legacy && wire.seq.is_none() && wire.ts.is_none(), "{}", p.text);
+            assert!(p.legacy && p.seq().is_some(), "tracked under its own seq until acked");
+            let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&p.text).expect("an object");
+            let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            assert_eq!(keys, ["lat", "lon", "obuid"], "{}", p.text);
+        }
+    }
+
+    #[test]
+    fn structural_faults_are_refused_by_the_receiver_and_forgotten() {
+        let frames = frames(&["--invalid-ratio=1", "--invalid-kinds=non-json,missing-field,wrong-type,nan"]);
+        let mut reasons = std::collections::BTreeSet::new();
+        for p in &frames {
+            assert!(p.is_fire_and_forget(), "{}", p.text);
+            let reason = parsed(&p.text).expect_err(&p.text);
+            reasons.insert(reason.as_str());
+        }
+        assert_eq!(reasons.into_iter().collect::<Vec<_>>(), ["malformed_json", "missing_field", "non_finite_number", "wrong_type"]);
+    }
+
+    #[test]
+    fn semantic_faults_are_well_formed_positions() {
+        for p in frames(&["--invalid-ratio=1", "--invalid-kinds=bad-coords,null-island,future-ts,teleport"]) {
+            let position: Position = serde_json::from_str(&p.text).unwrap_or_else(|e| panic!("{e}: {}", p.text));
+            assert_eq!(p.seq(), Some(position.seq), "the processor judges them: they wait for their ack");
+            assert!(parsed(&p.text).is_ok(), "{}", p.text);
+        }
+    }
+
+    #[test]
+    fn duplicates_are_fire_and_forget_copies_of_a_tracked_position() {
+        let frames = frames(&["--duplicate-ratio=1"]);
+        assert_eq!(frames.len(), 400);
+        for pair in frames.chunks(2) {
+            assert!(pair[0].is_fire_and_forget() && pair[1].seq().is_some(), "{pair:?}");
+            assert_eq!(pair[0].text, pair[1].text);
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn fleet_reports_are_deterministic_plausible_and_on_schedule() {
         let (a, b, c) = (drive(9).await, drive(9).await, drive(10).await);
+        let berlin = Config::defaults().area;
         assert_eq!(a, b, "same seed, same tracks and report times");
         assert_ne!(a, c, "another seed, other tracks");
         for track in &a {
@@ -546,7 +687,7 @@ mod tests {
                 assert_eq!(s1, s0 + 1, "seq rises by one");
                 let dt = t1 - t0;
                 assert!((0.79..=1.21).contains(&dt), "report interval {dt} s outside 1 s ± 200 ms");
-                assert!(crate::config::Area::BERLIN.contains(la1, lo1));
+                assert!(berlin.contains(la1, lo1));
                 // 90 km/h is 25 m/s; GPS noise (3 m each way per axis) adds at most ~8.5 m.
                 let implied = (distance_m(la0, lo0, la1, lo1) - 8.5).max(0.0) / dt;
                 assert!(implied <= 25.0 + 1e-6, "implied {implied} m/s");

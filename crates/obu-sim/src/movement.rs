@@ -51,7 +51,7 @@ pub struct Vehicle {
 impl Vehicle {
     pub fn new(area: Area, limits: Limits, seed: u64, obu_id: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed ^ obu_id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let (lat, lon) = random_point(&mut rng, &area);
+        let (lat, lon) = area.random_point(&mut rng);
         let mut v = Vehicle {
             area,
             limits,
@@ -71,7 +71,7 @@ impl Vehicle {
 
     fn new_route(&mut self) {
         let n = self.rng.random_range(2..6);
-        self.route = (0..n).map(|_| random_point(&mut self.rng, &self.area)).collect();
+        self.route = (0..n).map(|_| self.area.random_point(&mut self.rng)).collect();
         self.next = 0;
         self.cruise = self.limits.max_speed_ms * self.rng.random_range(0.5..=1.0);
     }
@@ -87,8 +87,7 @@ impl Vehicle {
         }
         let noise = self.limits.noise_m;
         let (dn, de) = (self.rng.random_range(-noise..=noise), self.rng.random_range(-noise..=noise));
-        let lat = (self.lat + dn / M_PER_DEG).clamp(self.area.min_lat, self.area.max_lat);
-        let lon = (self.lon + de / (M_PER_DEG * self.lat.to_radians().cos())).clamp(self.area.min_lon, self.area.max_lon);
+        let (lat, lon) = self.area.clamp(self.lat + dn / M_PER_DEG, self.lon + de / (M_PER_DEG * self.lat.to_radians().cos()));
         Fix { lat, lon, speed: self.speed * 3.6, heading: self.heading }
     }
 
@@ -156,10 +155,6 @@ impl Vehicle {
     }
 }
 
-fn random_point(rng: &mut StdRng, area: &Area) -> (f64, f64) {
-    (rng.random_range(area.min_lat..=area.max_lat), rng.random_range(area.min_lon..=area.max_lon))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,17 +163,22 @@ mod tests {
         Limits { max_speed_ms: 90.0 / 3.6, max_accel: 2.5, max_decel: 4.0, noise_m: 3.0 }
     }
 
+    fn berlin() -> Area {
+        crate::config::Config::defaults().area
+    }
+
     fn track(seed: u64, obu: u64, steps: usize) -> Vec<Fix> {
-        let mut v = Vehicle::new(Area::BERLIN, limits(), seed, obu);
+        let mut v = Vehicle::new(berlin(), limits(), seed, obu);
         (0..steps).map(|_| v.advance(1.0)).collect()
     }
 
     #[test]
     fn vehicles_stay_inside_and_move_plausibly() {
+        let berlin = berlin();
         for obu in 1..=20 {
             let fixes = track(7, obu, 3600);
             for f in &fixes {
-                assert!(Area::BERLIN.contains(f.lat, f.lon), "{f:?} outside");
+                assert!(berlin.contains(f.lat, f.lon), "{f:?} outside");
                 assert!(f.speed <= 90.0 + 1e-9, "reported speed {}", f.speed);
             }
             for w in fixes.windows(2) {

@@ -128,7 +128,9 @@ impl Application {
             axum::serve(self.listener, ops).with_graceful_shutdown(server_token.cancelled_owned()).await
         });
         self.health.set_ready();
-        let pipeline = pipeline::Pipeline::new(self.config.clone(), self.clients, self.metrics.clone(), self.health.clone(), token.clone());
+        let progress = pipeline::Progress::default();
+        let pipeline = pipeline::Pipeline::new(self.config.clone(), self.clients, self.metrics.clone(), self.health.clone(), token.clone(), progress.clone());
+        let watchdog = tokio::spawn(watch(progress, self.health.clone(), token.clone()));
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("consumer".into())
@@ -155,6 +157,7 @@ impl Application {
                 }
             },
         };
+        watchdog.abort();
         let _ = server.await;
         match outcome {
             Ok(()) => {
@@ -162,6 +165,29 @@ impl Application {
                 Ok(())
             }
             Err(why) => bail!("the processor stopped: {why}"),
+        }
+    }
+}
+
+/// A step of the loop that lasts longer than this is reported as stuck.
+const STUCK: Duration = Duration::from_secs(90);
+
+/// Reports a consumer loop stuck in one step (logs it every minute, `/readyz` false): no step
+/// should take longer than a few retries of a 30 s Kafka call.
+async fn watch(progress: pipeline::Progress, health: Health, stop: CancellationToken) {
+    let mut reported: Option<std::time::Instant> = None;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        let (step, lasted) = progress.current();
+        if step != "poll" && step != "backoff" && lasted > STUCK {
+            if reported.is_none_or(|r| r.elapsed() > Duration::from_secs(60)) {
+                tracing::error!(step, secs = lasted.as_secs(), "the consumer loop is stuck in one step");
+                reported = Some(std::time::Instant::now());
+            }
+            health.set_not_ready(format!("the consumer loop has been in {step} for {} s", lasted.as_secs()));
         }
     }
 }

@@ -16,7 +16,7 @@ use fleetstream_core::publish::{headers, Outgoing};
 use fleetstream_core::reason::Rejection;
 use fleetstream_core::{ProcessedPosition, VehicleLatest};
 
-use crate::Config;
+use crate::config::Config;
 
 /// The topics of one processor and where each kind of output goes.
 #[derive(Debug, Clone)]

@@ -30,6 +30,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use fleetstream_core::http::Health;
+use fleetstream_core::telemetry::Throttle;
 use fleetstream_core::now_ms;
 use fleetstream_core::publish::{delivered, Outgoing, PublishError, Publisher};
 use fleetstream_core::reason::Reason;
@@ -41,7 +42,7 @@ use crate::metrics::Metrics;
 use crate::outputs::Layout;
 use crate::rebalance::{Context, Events, RebalanceEvent};
 use crate::restore::{self, PartitionState};
-use crate::Config;
+use crate::config::Config;
 
 /// How long a transaction's control calls (offsets, commit, abort) may take.
 const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -204,10 +205,36 @@ pub(crate) struct Pipeline {
     next_offset: HashMap<i32, i64>,
     /// Batches failed in a row, for the backoff.
     failures: u32,
+    consumer_errors: Throttle,
+    progress: Progress,
+}
+
+/// Which step the loop is in, and since when: a watchdog reports a loop stuck in one step (a
+/// Kafka call that never returns) instead of leaving a silent processor behind.
+#[derive(Debug, Clone)]
+pub(crate) struct Progress(Arc<std::sync::Mutex<(&'static str, Instant)>>);
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress(Arc::new(std::sync::Mutex::new(("starting", Instant::now()))))
+    }
+}
+
+impl Progress {
+    fn at(&self, step: &'static str) {
+        if let Ok(mut p) = self.0.lock() {
+            *p = (step, Instant::now());
+        }
+    }
+
+    /// The current step and how long it has lasted.
+    pub(crate) fn current(&self) -> (&'static str, Duration) {
+        self.0.lock().map(|p| (p.0, p.1.elapsed())).unwrap_or(("unknown", Duration::ZERO))
+    }
 }
 
 impl Pipeline {
-    pub(crate) fn new(config: Arc<Config>, clients: Clients, metrics: Metrics, health: Health, shutdown: CancellationToken) -> Self {
+    pub(crate) fn new(config: Arc<Config>, clients: Clients, metrics: Metrics, health: Health, shutdown: CancellationToken, progress: Progress) -> Self {
         let Clients { consumer, producer, producer_config, reader, events } = clients;
         Pipeline {
             layout: Layout::new(&config),
@@ -226,6 +253,8 @@ impl Pipeline {
             assigned: Vec::new(),
             next_offset: HashMap::new(),
             failures: 0,
+            consumer_errors: Throttle::new(Duration::from_secs(5)),
+            progress,
         }
     }
 
@@ -264,13 +293,18 @@ impl Pipeline {
 
     /// Polls up to `batch_size` records or `batch_wait`, stopping early on a rebalance.
     fn collect(&mut self) -> Vec<OwnedMessage> {
+        self.progress.at("poll");
         let mut batch = Vec::new();
         let started = Instant::now();
         let mut timeout = Duration::from_millis(100);
         while batch.len() < self.config.batch_size {
             match self.consumer.poll(timeout) {
                 Some(Ok(m)) => batch.push(m.detach()),
-                Some(Err(error)) => tracing::warn!(%error, "consumer error"),
+                Some(Err(error)) => {
+                    if let Some(held_back) = self.consumer_errors.pass() {
+                        tracing::warn!(%error, similar_since_last = held_back, "consumer error");
+                    }
+                }
                 None if batch.is_empty() => return batch,
                 None => break,
             }
@@ -366,7 +400,14 @@ impl Pipeline {
         self.metrics.producers_renewed.inc();
         let mut attempt = 0;
         loop {
-            match transactional_producer(&config) {
+            self.progress.at("init_transactions");
+            let c = config.clone();
+            let made = match bounded("init_transactions", move || Ok(transactional_producer(&c))) {
+                Ok(Ok(made)) => made,
+                Ok(Err(e)) => Err(anyhow::Error::from(e)),
+                Err(e) => Err(anyhow::anyhow!(e.to_string())),
+            };
+            match made {
                 Ok(producer) => {
                     self.publisher = Publisher::new(producer, self.shutdown.clone());
                     return Ok(());
@@ -452,15 +493,19 @@ impl Pipeline {
     /// The transactional commit: outputs, latest states and offsets, atomically.
     fn commit_in_transaction(&mut self, by_partition: &ByPartition, decisions: &HashMap<i32, Vec<Decision>>) -> Result<Tally, BatchError> {
         let producer = self.publisher.producer().clone();
-        producer.begin_transaction()?;
+        let p = producer.clone();
+        self.progress.at("begin_transaction");
+        bounded("begin_transaction", move || p.begin_transaction())??;
         let result = (|| {
             let mut tally = self.write_outputs(by_partition, decisions)?;
             tally.latest = self.write_latest(by_partition)?;
             let metadata = self.membership()?;
             let offsets = self.offsets_after(by_partition);
             let p = producer.clone();
+            self.progress.at("send_offsets_to_transaction");
             bounded("send_offsets_to_transaction", move || p.send_offsets_to_transaction(&offsets, &metadata, TXN_CALL_TIMEOUT))??;
             let p = producer.clone();
+            self.progress.at("commit_transaction");
             bounded("commit_transaction", move || p.commit_transaction(TXN_CALL_TIMEOUT))??;
             Ok(tally)
         })();
@@ -480,6 +525,7 @@ impl Pipeline {
         let mut attempt = 0;
         loop {
             let p = producer.clone();
+            self.progress.at("abort_transaction");
             match bounded("abort_transaction", move || p.abort_transaction(TXN_CALL_TIMEOUT))? {
                 Ok(()) => {
                     self.metrics.aborts.inc();
@@ -586,6 +632,7 @@ impl Pipeline {
     /// The bound is ours, not only librdkafka's: in a transaction that hit an error, queued
     /// records may wait for the abort that this wait would hold back.
     fn send_all(&self, records: &[Outgoing<'_>]) -> Result<(), BatchError> {
+        self.progress.at("write outputs");
         let timeout = self.config.producer.delivery_timeout;
         let deadline = Instant::now() + timeout;
         let publisher = &self.publisher;
@@ -666,6 +713,7 @@ impl Pipeline {
     fn load(&mut self, partition: i32, resume_from: i64) -> Result<PartitionState, BatchError> {
         let mut attempt = 0;
         loop {
+            self.progress.at("restore");
             let started = Instant::now();
             match restore::restore(&self.reader, &self.layout, partition, resume_from) {
                 Ok(state) => {
@@ -704,6 +752,7 @@ impl Pipeline {
 
     /// Exponential backoff with full jitter, capped. False if shutdown came first.
     fn backoff(&self, attempt: u32) -> bool {
+        self.progress.at("backoff");
         let base = self.config.retry_initial.as_secs_f64() * 2f64.powi(attempt.saturating_sub(1).min(20) as i32);
         let capped = base.min(self.config.retry_max.as_secs_f64());
         let delay = Duration::from_secs_f64(rand::rng().random_range(capped / 2.0..=capped.max(0.001)));

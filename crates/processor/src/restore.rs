@@ -21,9 +21,11 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 
+use fleetstream_core::telemetry::Throttle;
+
 use crate::outputs::Layout;
 use crate::state::VehicleState;
-use crate::Config;
+use crate::config::Config;
 
 /// What is known of one input partition.
 #[derive(Debug, Default)]
@@ -43,14 +45,17 @@ const CHUNK: i64 = 2_000;
 const STALL: Duration = Duration::from_secs(45);
 
 /// The state reader's context: end-of-partition is how every read ends, not an error worth
-/// logging.
-pub struct ReaderContext;
+/// logging; other errors are logged at most every few seconds.
+pub struct ReaderContext(std::sync::Mutex<Throttle>);
 
 impl rdkafka::ClientContext for ReaderContext {
     fn error(&self, error: KafkaError, reason: &str) {
         let eof = matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF));
-        if !eof {
-            tracing::warn!(%error, reason, "state reader: Kafka client error");
+        if eof {
+            return;
+        }
+        if let Some(held_back) = self.0.lock().ok().and_then(|mut t| t.pass()) {
+            tracing::warn!(%error, reason, similar_since_last = held_back, "state reader: Kafka client error");
         }
     }
 }
@@ -76,7 +81,8 @@ pub fn reader(config: &Config) -> anyhow::Result<Reader> {
         // instance is aborted, and its records must not be taken for written.
         .set("isolation.level", "read_committed");
     config.kafka.apply_overrides(&mut client);
-    client.create_with_context(ReaderContext).context("cannot create state reader")
+    let context = ReaderContext(std::sync::Mutex::new(Throttle::new(Duration::from_secs(5))));
+    client.create_with_context(context).context("cannot create state reader")
 }
 
 pub fn restore(reader: &Reader, layout: &Layout, partition: i32, resume_from: i64) -> anyhow::Result<PartitionState> {

@@ -16,7 +16,7 @@ use fleetstream_core::reason::Rejection;
 use fleetstream_core::{now_ms, Position};
 
 use crate::metrics::Metrics;
-use crate::Config;
+use crate::config::Config;
 
 /// The receiver's way into Kafka, shared by its connections.
 pub(crate) struct Ingest {

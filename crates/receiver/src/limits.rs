@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::Config;
+use crate::config::Config;
 
 /// What one connection may do.
 #[derive(Debug, Clone, Copy)]

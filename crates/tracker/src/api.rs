@@ -15,27 +15,33 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-use fleetstream_core::{now_ms, ProcessedPosition};
+use fleetstream_core::now_ms;
 
+use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::{db_int, Bbox, Store, StoreError};
-use crate::{Config, Metrics};
+use crate::view::{millis as ms, VehicleView};
 
-/// What every handler needs.
+/// What every handler of the query API needs.
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
-    pub config: Arc<Config>,
-    pub store: Store,
-    pub metrics: Metrics,
-    pub live: tokio::sync::broadcast::Sender<crate::ingest::LiveUpdate>,
-    pub stop: tokio_util::sync::CancellationToken,
+    config: Arc<Config>,
+    store: Store,
+    metrics: Metrics,
+}
+
+impl AppState {
+    pub(crate) fn new(config: Arc<Config>, store: Store, metrics: Metrics) -> Self {
+        AppState { config, store, metrics }
+    }
 }
 
 /// An API error: the status, a stable code, and a message for a human.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
+    status: StatusCode,
+    code: &'static str,
+    message: String,
 }
 
 impl ApiError {
@@ -43,7 +49,7 @@ impl ApiError {
         ApiError { status: StatusCode::BAD_REQUEST, code, message: message.into() }
     }
 
-    fn not_found(message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
         ApiError { status: StatusCode::NOT_FOUND, code: "not_found", message: message.into() }
     }
 }
@@ -70,29 +76,6 @@ impl AppState {
             code: "database_unavailable",
             message: "the database did not answer; try again shortly".into(),
         }
-    }
-}
-
-/// A vehicle's latest position as the API shows it: the stored position, plus how old it is
-/// and whether the vehicle counts as online (absent in the live feed).
-#[derive(Debug, Clone, Serialize)]
-pub struct VehicleView<'a> {
-    #[serde(flatten)]
-    pub position: &'a ProcessedPosition,
-    /// Milliseconds since the position's device time (never negative).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub age_ms: Option<i64>,
-    /// Heard from within the online timeout.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub online: Option<bool>,
-}
-
-impl<'a> VehicleView<'a> {
-    /// With `now` and the online timeout (ms), the age and online status are filled in.
-    pub fn of(position: &'a ProcessedPosition, clock: Option<(i64, i64)>) -> Self {
-        let age_ms = clock.map(|(now, _)| (now - position.ts).max(0));
-        let online = clock.zip(age_ms).map(|((_, timeout), age)| age <= timeout);
-        VehicleView { position, age_ms, online }
     }
 }
 
@@ -135,10 +118,6 @@ struct MapConfig<'a> {
     online_timeout_ms: i64,
     trail_ms: i64,
     retention_ms: i64,
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 type RawQuery = Result<Query<Vec<(String, String)>>, QueryRejection>;
@@ -216,21 +195,7 @@ pub fn parse_bbox(raw: &str) -> Result<Bbox, ApiError> {
         *slot = part.parse::<f64>().ok().filter(|f| f.is_finite()).ok_or_else(|| invalid(format!("`{part}` is not a number")))?;
     }
     let [min_lon, min_lat, max_lon, max_lat] = v;
-    for lon in [min_lon, max_lon] {
-        if !(-180.0..=180.0).contains(&lon) {
-            return Err(invalid(format!("longitude {lon} is outside [-180, 180]")));
-        }
-    }
-    for lat in [min_lat, max_lat] {
-        if !(-90.0..=90.0).contains(&lat) {
-            return Err(invalid(format!("latitude {lat} is outside [-90, 90]")));
-        }
-    }
-    if min_lat > max_lat {
-        return Err(invalid(format!("min_lat {min_lat} is above max_lat {max_lat}")));
-    }
-    // min_lon > max_lon is a box across the antimeridian, not an error.
-    Ok(Bbox { min_lon, min_lat, max_lon, max_lat })
+    Bbox::new(min_lon, min_lat, max_lon, max_lat).map_err(|e| invalid(e.to_string()))
 }
 
 fn parse_bool(name: &str, raw: &str) -> Result<bool, ApiError> {
@@ -248,13 +213,13 @@ pub(crate) async fn vehicles(State(app): State<AppState>, query: RawQuery) -> Re
     let online = params.get("online").map(|v| parse_bool("online", v)).transpose()?;
     let latest = app.store.latest(bbox).await.map_err(|e| app.db_error("latest", e))?;
     let now = now_ms();
-    let timeout = ms(app.config.online_timeout);
+    let timeout = app.config.online_timeout;
     let vehicles: Vec<VehicleView<'_>> = latest
         .iter()
-        .map(|p| VehicleView::of(p, Some((now, timeout))))
-        .filter(|v| online.is_none_or(|want| v.online == Some(want)))
+        .map(|p| VehicleView::at(p, now, timeout))
+        .filter(|v| online.is_none_or(|want| v.online() == Some(want)))
         .collect();
-    Ok(Json(VehicleList { generated_at: now, online_timeout_ms: timeout, count: vehicles.len(), vehicles }).into_response())
+    Ok(Json(VehicleList { generated_at: now, online_timeout_ms: ms(timeout), count: vehicles.len(), vehicles }).into_response())
 }
 
 /// `GET /api/vehicles/{id}`
@@ -263,8 +228,7 @@ pub(crate) async fn vehicle(State(app): State<AppState>, path: Result<Path<Strin
     let id = parse_id(&path_id(path)?)?;
     let found = app.store.vehicle(id).await.map_err(|e| app.db_error("vehicle", e))?;
     let p = found.ok_or_else(|| ApiError::not_found(format!("no vehicle with obu_id {id}")))?;
-    let now = now_ms();
-    Ok(Json(VehicleView::of(&p, Some((now, ms(app.config.online_timeout))))).into_response())
+    Ok(Json(VehicleView::at(&p, now_ms(), app.config.online_timeout)).into_response())
 }
 
 /// `GET /api/vehicles/{id}/track?from=&to=&limit=`
@@ -383,7 +347,7 @@ mod tests {
 
     #[test]
     fn bboxes_are_checked() {
-        assert_eq!(parse_bbox("13.0,52.3,13.8,52.7"), Ok(Bbox { min_lon: 13.0, min_lat: 52.3, max_lon: 13.8, max_lat: 52.7 }));
+        assert_eq!(parse_bbox("13.0,52.3,13.8,52.7"), Ok(Bbox::new(13.0, 52.3, 13.8, 52.7).expect("a valid box")));
         assert!(parse_bbox("170,-10,-170,10").is_ok(), "across the antimeridian");
         for (bad, why) in [
             ("1,2,3", "got 3 values"),
@@ -397,31 +361,5 @@ mod tests {
             assert_eq!(e.code, "invalid_bbox");
             assert!(e.message.contains(why), "{bad}: {}", e.message);
         }
-    }
-
-    #[test]
-    fn views_carry_age_and_online_status() {
-        let p = ProcessedPosition {
-            obu_id: 1,
-            seq: 2,
-            ts: NOW - 5_000,
-            lat: 52.5,
-            lon: 13.4,
-            speed: Some(30.0),
-            heading: None,
-            speed_computed: false,
-            heading_computed: false,
-            distance_m: 0.0,
-            received_at: None,
-            processed_at: NOW,
-            out_of_order: false,
-        };
-        let v = serde_json::to_value(VehicleView::of(&p, Some((NOW, 60_000)))).unwrap_or_default();
-        assert_eq!((v["age_ms"].as_i64(), v["online"].as_bool(), v["speed"].as_f64()), (Some(5_000), Some(true), Some(30.0)));
-        assert!(v.get("heading").is_none());
-        let v = serde_json::to_value(VehicleView::of(&p, Some((NOW, 1_000)))).unwrap_or_default();
-        assert_eq!(v["online"].as_bool(), Some(false));
-        let v = serde_json::to_value(VehicleView::of(&p, None)).unwrap_or_default();
-        assert!(v.get("age_ms").is_none() && v.get("online").is_none());
     }
 }

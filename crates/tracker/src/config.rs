@@ -1,6 +1,7 @@
 //! The tracker's configuration: every flag is also an environment variable.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use fleetstream_core::kafka::KafkaArgs;
@@ -82,8 +83,8 @@ pub struct Config {
     pub trail: Duration,
 
     /// Updates buffered per live-feed client; a client further behind gets a `lagged` event.
-    #[arg(long, env = "TRACKER_LIVE_BUFFER", default_value_t = 4_096)]
-    pub live_buffer: usize,
+    #[arg(long, env = "TRACKER_LIVE_BUFFER", default_value = "4096")]
+    pub live_buffer: NonZeroUsize,
 
     /// First delay before retrying a failed database write; doubles per attempt, with jitter.
     #[arg(long, env = "TRACKER_RETRY_INITIAL", default_value = "100ms", value_parser = humantime::parse_duration)]

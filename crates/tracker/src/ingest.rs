@@ -11,21 +11,22 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use rand::Rng as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use fleetstream_core::http::Health;
+use fleetstream_core::telemetry::Throttle;
 use fleetstream_core::{ProcessedPosition, VehicleLatest};
 
-use crate::api::VehicleView;
+use crate::config::Config;
+use crate::live::LiveFeed;
 use crate::metrics::Metrics;
 use crate::store::{db_int, Store};
-use crate::Config;
 
 /// Logs partition movements of the positions consumer.
 pub(crate) struct Context;
@@ -50,8 +51,14 @@ impl ConsumerContext for Context {
 
 pub(crate) type PositionsConsumer = StreamConsumer<Context>;
 
-/// A live-feed message: one position, already serialized (once for every client).
-pub(crate) type LiveUpdate = Arc<str>;
+/// The consumer of `--positions-topic` in `--group-id`, subscribed (partitions are assigned once
+/// it is polled). Offsets are committed by [`Ingest`] only, after each durable batch.
+pub(crate) fn subscribe(config: &Config) -> anyhow::Result<PositionsConsumer> {
+    let consumer: PositionsConsumer =
+        config.kafka.consumer_config(&config.group_id).create_with_context(Context).context("cannot create Kafka consumer")?;
+    consumer.subscribe(&[&config.positions_topic]).context("cannot subscribe")?;
+    Ok(consumer)
+}
 
 /// Positions taken from Kafka and not yet stored, with the offsets to commit once they are.
 #[derive(Default)]
@@ -62,22 +69,36 @@ struct Batch {
     started: Option<tokio::time::Instant>,
 }
 
+/// The ingest loop: seeds from `vehicle-latest`, then stores the positions topic batch by
+/// batch and publishes what was new to the live feed.
 pub(crate) struct Ingest {
-    pub config: Arc<Config>,
-    pub consumer: Arc<PositionsConsumer>,
-    pub store: Store,
-    pub metrics: Metrics,
-    pub health: Health,
-    pub live: broadcast::Sender<LiveUpdate>,
-    /// Stop consuming; write and commit what is in hand.
-    pub shutdown: CancellationToken,
-    /// Give up even on the batch in hand (the shutdown timeout passed).
+    config: Arc<Config>,
+    consumer: Arc<PositionsConsumer>,
+    store: Store,
+    metrics: Metrics,
+    health: Health,
+    live: LiveFeed,
+    stopping: Stopping,
+}
+
+/// When the ingest loop ends.
+#[derive(Debug, Clone)]
+pub(crate) struct Stopping {
+    /// Stop consuming; write and commit the batch in hand, then return.
+    pub drain: CancellationToken,
+    /// Give up even on the batch in hand (the shutdown timeout passed): nothing more is
+    /// committed, and the records are read again after a restart.
     pub abort: CancellationToken,
 }
 
 impl Ingest {
+    /// An ingest of `consumer` (from [`subscribe`]) into `store`, reporting readiness on `health`.
+    pub(crate) fn new(config: Arc<Config>, consumer: Arc<PositionsConsumer>, store: Store, metrics: Metrics, health: Health, live: LiveFeed, stopping: Stopping) -> Self {
+        Ingest { config, consumer, store, metrics, health, live, stopping }
+    }
+
     #[tracing::instrument(name = "ingest", skip_all)]
-    pub async fn run(self) {
+    pub(crate) async fn run(self) {
         self.health.set_not_ready("reading vehicle-latest");
         if !self.seed().await {
             return;
@@ -85,11 +106,13 @@ impl Ingest {
         self.refresh_vehicle_gauge().await;
         self.health.set_ready();
         let mut batch = Batch::default();
+        // While brokers are down the client reports every failed connection.
+        let mut errors = Throttle::new(Duration::from_secs(5));
         loop {
             let deadline = batch.started.map(|s| s + self.config.flush_interval);
             tokio::select! {
                 biased;
-                () = self.shutdown.cancelled() => break,
+                () = self.stopping.drain.cancelled() => break,
                 // A partial batch waits at most the flush interval.
                 () = sleep_until(deadline), if deadline.is_some() => {
                     if !self.flush(&mut batch).await {
@@ -104,7 +127,9 @@ impl Ingest {
                         }
                     }
                     Err(error) => {
-                        tracing::warn!(%error, "consumer error");
+                        if let Some(held_back) = errors.pass() {
+                            tracing::warn!(%error, similar_since_last = held_back, "consumer error");
+                        }
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
@@ -176,16 +201,7 @@ impl Ingest {
             self.health.set_ready();
         }
         // Only new positions go to the live feed: a replay does not make the map jump.
-        if self.live.receiver_count() > 0 {
-            for i in outcome.inserted {
-                if let Some(p) = positions.get(i) {
-                    let view = VehicleView::of(p, None);
-                    if let Ok(json) = serde_json::to_string(&view) {
-                        let _ = self.live.send(json.into());
-                    }
-                }
-            }
-        }
+        self.live.publish(outcome.inserted.iter().filter_map(|&i| positions.get(i)));
         if !positions.is_empty() {
             self.refresh_vehicle_gauge().await;
         }
@@ -229,7 +245,7 @@ impl Ingest {
         let capped = base.min(self.config.retry_max.as_secs_f64()).max(0.001);
         let delay = Duration::from_secs_f64(rand::rng().random_range(capped / 2.0..=capped));
         tokio::select! {
-            () = self.abort.cancelled() => false,
+            () = self.stopping.abort.cancelled() => false,
             () = tokio::time::sleep(delay) => true,
         }
     }
@@ -276,7 +292,7 @@ impl Ingest {
                     attempt += 1;
                     self.health.set_not_ready(format!("reading vehicle-latest failed: {error:#}"));
                     tracing::warn!(error = format!("{error:#}"), attempt, "seeding from vehicle-latest failed; retrying");
-                    let stop = self.shutdown.clone();
+                    let stop = self.stopping.drain.clone();
                     tokio::select! {
                         () = stop.cancelled() => return false,
                         ok = self.backoff(attempt) => if !ok { return false },

@@ -19,6 +19,7 @@ mod ingest;
 mod live;
 mod metrics;
 pub mod store;
+mod view;
 mod web;
 
 use std::future::Future;
@@ -27,13 +28,14 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::routing::get;
 use axum::Router;
-use rdkafka::consumer::Consumer as _;
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use fleetstream_core::http::{ops_router, Health};
 use fleetstream_core::now_ms;
+
+use ingest::{Ingest, Stopping};
+use live::LiveFeed;
 
 pub use config::Config;
 pub use metrics::Metrics;
@@ -62,11 +64,7 @@ impl Application {
         let store = Store::open(&config.database_url, config.db_pool_size)
             .await
             .with_context(|| format!("cannot open the database ({})", redact_url(&config.database_url)))?;
-
-        let consumer_config = config.kafka.consumer_config(&config.group_id);
-        let consumer: ingest::PositionsConsumer =
-            consumer_config.create_with_context(ingest::Context).context("cannot create Kafka consumer")?;
-        consumer.subscribe(&[&config.positions_topic]).context("cannot subscribe")?;
+        let consumer = ingest::subscribe(&config)?;
 
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         tracing::info!(
@@ -103,32 +101,24 @@ impl Application {
         let stop_http = CancellationToken::new();
         let stop_ingest = CancellationToken::new();
         let abort = CancellationToken::new();
-        let (live, _) = broadcast::channel(self.config.live_buffer.max(16));
+        // Open feeds end with the HTTP server, so they cannot hold its graceful shutdown.
+        let live = LiveFeed::new(self.config.live_buffer, self.metrics.clone(), stop_http.clone());
 
-        let state = api::AppState {
-            config: self.config.clone(),
-            store: self.store.clone(),
-            metrics: self.metrics.clone(),
-            live: live.clone(),
-            stop: stop_http.clone(),
-        };
-        let router = router(state, self.metrics.clone(), self.health.clone());
+        let state = api::AppState::new(self.config.clone(), self.store.clone(), self.metrics.clone());
+        let router = router(state, live.clone(), self.metrics.clone(), self.health.clone());
         let server_stop = stop_http.clone();
         let server = tokio::spawn(async move { axum::serve(self.listener, router).with_graceful_shutdown(server_stop.cancelled_owned()).await });
 
-        let ingest = tokio::spawn(
-            ingest::Ingest {
-                config: self.config.clone(),
-                consumer: self.consumer.clone(),
-                store: self.store.clone(),
-                metrics: self.metrics.clone(),
-                health: self.health.clone(),
-                live,
-                shutdown: stop_ingest.clone(),
-                abort: abort.clone(),
-            }
-            .run(),
+        let ingest = Ingest::new(
+            self.config.clone(),
+            self.consumer.clone(),
+            self.store.clone(),
+            self.metrics.clone(),
+            self.health.clone(),
+            live,
+            Stopping { drain: stop_ingest.clone(), abort: abort.clone() },
         );
+        let ingest = tokio::spawn(ingest.run());
         let pruner = tokio::spawn(prune(self.store.clone(), self.metrics.clone(), self.config.clone(), stop_ingest.clone()));
 
         let mut ingest = ingest;
@@ -161,7 +151,7 @@ impl Application {
     }
 }
 
-fn router(state: api::AppState, metrics: Metrics, health: Health) -> Router {
+fn router(state: api::AppState, live: LiveFeed, metrics: Metrics, health: Health) -> Router {
     let app = Router::new()
         .route("/", get(web::index))
         .route("/static/{*path}", get(web::asset))
@@ -169,7 +159,7 @@ fn router(state: api::AppState, metrics: Metrics, health: Health) -> Router {
         .route("/api/vehicles", get(api::vehicles))
         .route("/api/vehicles/{id}", get(api::vehicle))
         .route("/api/vehicles/{id}/track", get(api::track))
-        .route("/api/live", get(live::live))
+        .route("/api/live", get(live::live).with_state(live))
         .fallback(api::fallback)
         .with_state(state);
     app.merge(ops_router::<()>(metrics.registry.clone(), health))

@@ -49,6 +49,6 @@ pub(crate) async fn asset(Path(path): Path<String>) -> Response {
             let cache = if a.immutable { "public, max-age=86400" } else { "no-cache" };
             ([(header::CONTENT_TYPE, a.content_type), (header::CACHE_CONTROL, cache)], a.body).into_response()
         }
-        None => ApiError { status: axum::http::StatusCode::NOT_FOUND, code: "not_found", message: format!("no such file: /static/{path}") }.into_response(),
+        None => ApiError::not_found(format!("no such file: /static/{path}")).into_response(),
     }
 }

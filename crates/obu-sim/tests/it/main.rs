@@ -57,7 +57,8 @@ fn ids(records: &[fleetstream_testkit::Record]) -> HashSet<(u64, u64)> {
         .iter()
         .map(|r| {
             let v = r.json();
-            (v["obu_id"].as_u64().unwrap_or(0), v["seq"].as_u64().unwrap_or(0))
+            let id = |field: &str| v[field].as_u64().unwrap_or_else(|| panic!("a raw position has {field}: {}", r.text()));
+            (id("obu_id"), id("seq"))
         })
         .collect()
 }
@@ -90,7 +91,7 @@ async fn receiver_restart_mid_run_loses_nothing() {
     assert!(summary.disconnects >= 8, "every connection saw the restart: {summary:#?}");
     assert_eq!(summary.unacked, 0, "{summary:#?}");
     assert_eq!(summary.generated, summary.acked + summary.dropped, "every generated position acked once or dropped");
-    let records = broker.read(&topics.raw, summary.acked as usize, Duration::from_secs(1), Duration::from_secs(30)).unwrap_or_default();
+    let records = broker.read(&topics.raw, summary.acked as usize, Duration::from_secs(1), Duration::from_secs(30)).expect("reading the raw topic");
     let stored = ids(&records);
     assert_eq!(stored.len() as u64, summary.acked, "distinct positions in Kafka == acked");
     // Every vehicle's seqs form an unbroken run from 1: nothing generated went missing.
@@ -122,7 +123,7 @@ async fn load_mode_summary_matches_kafka() {
     assert_eq!(summary.generated, 5000);
     assert_eq!(summary.acked, 5000, "{summary:#?}");
     assert!(summary.ack_latency_ms.p50 > 0.0 && summary.ack_latency_ms.max >= summary.ack_latency_ms.p99);
-    let records = broker.read(&topics.raw, 5000, Duration::from_secs(1), Duration::from_secs(30)).unwrap_or_default();
+    let records = broker.read(&topics.raw, 5000, Duration::from_secs(1), Duration::from_secs(30)).expect("reading the raw topic");
     assert_eq!(ids(&records).len(), 5000, "distinct positions == acked");
     assert_eq!(records.len() as u64, summary.acked + summary.duplicate_acks, "every record in Kafka was acked once");
     assert_eq!(summary.duplicates_injected, summary.duplicate_acks);
@@ -150,6 +151,8 @@ async fn fleet_over_wss_with_a_private_ca_and_a_token() {
         format!("--url=wss://localhost:{port}/ws"),
         format!("--tls-ca={}", cert.display()),
         "--token=fleet-secret".into(),
+        // Longitude first, as the tracker's bbox: central Berlin.
+        "--area=13.30,52.45,13.50,52.55".into(),
         "--vehicles=3".into(),
         "--interval=20ms".into(),
         "--count=90".into(),
@@ -157,7 +160,12 @@ async fn fleet_over_wss_with_a_private_ca_and_a_token() {
     let summary = fleetstream_obu_sim::run(config, std::future::pending()).await.unwrap_or_else(|e| panic!("{e:#}"));
     receiver.stop().await;
     assert_eq!((summary.generated, summary.acked), (90, 90), "{summary:#?}");
-    let records = broker.read(&topics.raw, 90, Duration::from_millis(500), Duration::from_secs(20)).unwrap_or_default();
+    let records = broker.read(&topics.raw, 90, Duration::from_millis(500), Duration::from_secs(20)).expect("reading the raw topic");
     assert_eq!(ids(&records).len(), 90);
+    for r in &records {
+        let v = r.json();
+        let (lat, lon) = (v["lat"].as_f64().expect("a lat"), v["lon"].as_f64().expect("a lon"));
+        assert!((52.45..=52.55).contains(&lat) && (13.30..=13.50).contains(&lon), "outside --area: {}", r.text());
+    }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -86,7 +86,7 @@ async fn every_invalid_input_lands_in_the_dlq_with_its_reason() {
     let mut processor = spawn(&broker, &topics, "catalogue").await;
     let expected_valid = 33 + vehicle_3.len();
     let positions = broker.read(&topics.positions, expected_valid, SETTLE, Duration::from_secs(60)).expect("positions are readable");
-    let dead = broker.read(&topics.dlq, expected_bad.len(), SETTLE, Duration::from_secs(60)).unwrap_or_default();
+    let dead = broker.read(&topics.dlq, expected_bad.len(), SETTLE, Duration::from_secs(60)).expect("the topic is readable");
 
     // Valid positions: all of them, once, in order; the late one is marked.
     let by_obu = seqs_by_obu(&positions);
@@ -97,10 +97,10 @@ async fn every_invalid_input_lands_in_the_dlq_with_its_reason() {
     assert_eq!(positions.len(), expected_valid);
     let late = positions.iter().find(|r| r.json()["obu_id"] == 4 && r.json()["seq"] == 8).map(|r| r.json());
     assert_eq!(late.as_ref().map(|v| v["out_of_order"].clone()), Some(serde_json::json!(true)));
-    let second = positions.iter().find(|r| r.json()["obu_id"] == 1 && r.json()["seq"] == 2).map(|r| r.json()).unwrap_or_default();
-    assert!((second["distance_m"].as_f64().unwrap_or(0.0) - 11.1).abs() < 0.5, "enriched distance: {second}");
+    let second = positions.iter().find(|r| r.json()["obu_id"] == 1 && r.json()["seq"] == 2).map(|r| r.json()).expect("vehicle 1's seq 2 is in positions");
+    assert!((second["distance_m"].as_f64().expect("distance_m") - 11.1).abs() < 0.5, "enriched distance: {second}");
     assert_eq!(second["speed_computed"], true);
-    assert!(second["processed_at"].as_i64().unwrap_or(0) >= now);
+    assert!(second["processed_at"].as_i64().expect("processed_at") >= now);
     let first = &positions[0];
     assert!(first.header(HEADER_SRC_PARTITION).is_some() && first.header(HEADER_SRC_OFFSET).is_some());
 
@@ -126,7 +126,7 @@ async fn every_invalid_input_lands_in_the_dlq_with_its_reason() {
     assert!(teleport.is_some_and(|m| m.contains("km/h")));
 
     // vehicle-latest: the latest valid position of every vehicle; a late seq never moves it.
-    let latest = latest_by_key(&broker.read(&topics.latest, 4, SETTLE, Duration::from_secs(30)).unwrap_or_default());
+    let latest = latest_by_key(&broker.read(&topics.latest, 4, SETTLE, Duration::from_secs(30)).expect("the topic is readable"));
     assert_eq!(latest.len(), 4);
     assert_eq!(latest.get("1").map(|v| v["seq"].clone()), Some(serde_json::json!(30)));
     assert_eq!(latest.get("2").map(|v| v["seq"].clone()), Some(serde_json::json!(1)));

@@ -71,7 +71,7 @@ pub fn assert_accounted(broker: &Broker, topics: &Topics, produced: &Produced) {
     let positions = broker.read(&topics.positions, expected_valid, Duration::from_secs(3), Duration::from_secs(120)).expect("positions are readable");
     let by_obu = seqs_by_obu(&positions);
     for (obu, seqs) in &produced.valid {
-        let got = by_obu.get(obu).cloned().unwrap_or_default();
+        let got = by_obu.get(obu).cloned().unwrap_or_default(); // none at all: every seq is reported missing below
         let missing: Vec<_> = seqs.iter().filter(|s| !got.contains(s)).collect();
         assert!(missing.is_empty(), "obu {obu}: missing seqs {missing:?}");
         assert_eq!(&got, seqs, "obu {obu}: every seq exactly once, in order");

@@ -18,9 +18,9 @@ fn by_obu(records: &[Record]) -> BTreeMap<u64, Vec<u64>> {
     let mut out: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     for r in sorted {
         let v = r.json();
-        let obu = v["obu_id"].as_u64().unwrap_or(u64::MAX);
+        let obu = v["obu_id"].as_u64().expect("a record with an obu_id");
         assert_eq!(r.key.as_deref(), Some(obu.to_string().as_str()), "key is the obu_id");
-        out.entry(obu).or_default().push(v["seq"].as_u64().unwrap_or(0));
+        out.entry(obu).or_default().push(v["seq"].as_u64().expect("a record with a seq"));
     }
     out
 }
@@ -64,7 +64,7 @@ async fn every_acked_position_is_in_kafka_in_order() {
         acked.extend(t.await.unwrap_or_else(|e| panic!("{e}")));
     }
     assert_eq!(acked.len(), 600);
-    let records = broker.read(&topics.raw, 600, Duration::from_millis(500), Duration::from_secs(30)).unwrap_or_default();
+    let records = broker.read(&topics.raw, 600, Duration::from_millis(500), Duration::from_secs(30)).expect("the topic is readable");
     assert_eq!(records.len(), 600, "exactly the acked positions, no more");
     for (obu, seqs) in by_obu(&records) {
         assert_eq!(seqs, (1..=100).collect::<Vec<_>>(), "obu {obu} in order");
@@ -90,14 +90,14 @@ async fn legacy_positions_are_completed_and_acked() {
         }
     }
     assert!(seqs[1] > seqs[0], "receiver-assigned seqs rise: {seqs:?}");
-    let records = broker.read(&topics.raw, 2, Duration::from_millis(300), Duration::from_secs(10)).unwrap_or_default();
+    let records = broker.read(&topics.raw, 2, Duration::from_millis(300), Duration::from_secs(10)).expect("the topic is readable");
     assert_eq!(records.len(), 2);
     for r in &records {
         assert_eq!(r.header(HEADER_FORMAT), Some("legacy"));
         let v = r.json();
         assert_eq!(v["obu_id"], 77);
-        assert!(v["ts"].as_i64().unwrap_or(0) > 1_700_000_000_000, "ts filled with receive time");
-        assert!(seqs.contains(&v["seq"].as_u64().unwrap_or(0)));
+        assert!(v["ts"].as_i64().expect("a ts") > 1_700_000_000_000, "ts filled with receive time");
+        assert!(seqs.contains(&v["seq"].as_u64().expect("a seq")));
     }
 }
 
@@ -171,7 +171,7 @@ async fn broker_outage_loses_no_acked_position() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ready, "/readyz back to ready once Kafka returned");
-    let records = broker.read(&topics.raw, acked.len(), Duration::from_secs(1), Duration::from_secs(30)).unwrap_or_default();
+    let records = broker.read(&topics.raw, acked.len(), Duration::from_secs(1), Duration::from_secs(30)).expect("the topic is readable");
     let stored: HashSet<u64> = records.iter().filter_map(|r| r.json()["seq"].as_u64()).collect();
     let lost: Vec<_> = acked.iter().filter(|s| !stored.contains(s)).collect();
     assert!(lost.is_empty(), "acked but not in Kafka: {lost:?}");
@@ -199,7 +199,7 @@ async fn shutdown_under_load_acks_or_refuses_everything() {
             assert!(e.retryable, "{e:?}");
         }
     }
-    let records = broker.read(&topics.raw, acked.len(), Duration::from_millis(500), Duration::from_secs(20)).unwrap_or_default();
+    let records = broker.read(&topics.raw, acked.len(), Duration::from_millis(500), Duration::from_secs(20)).expect("the topic is readable");
     let stored: HashSet<u64> = records.iter().filter_map(|r| r.json()["seq"].as_u64()).collect();
     assert!(acked.iter().all(|s| stored.contains(s)), "every ack is in Kafka");
     assert!(!acked.is_empty());

@@ -39,7 +39,7 @@ async fn tokens_are_required_and_bound_to_their_vehicles() {
         }
         other => panic!("{other:?}"),
     }
-    let stored = broker.read(&topics.raw, 1, Duration::from_millis(500), Duration::from_secs(10)).unwrap_or_default();
+    let stored = broker.read(&topics.raw, 1, Duration::from_millis(500), Duration::from_secs(10)).expect("the topic is readable");
     assert_eq!(stored.len(), 1, "vehicle 2's position never reached gpscoords");
     assert_eq!(stored[0].json()["obu_id"], 1);
 }

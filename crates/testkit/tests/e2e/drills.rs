@@ -69,33 +69,10 @@ mod tempdir {
 async fn start_pipeline(broker: &Broker) -> Pipeline {
     fleetstream_testkit::init_test_logs();
     let topics = broker.topics(6).await.expect("topics are created");
+    let (receiver, receiver_port, receiver_registry) = crate::receiver(broker, &topics, &[]).await;
+    let group = fleetstream_testkit::unique("drill");
+    let (processor, processor_registry) = crate::processor(broker, &topics, &group, &[]).await;
     let b = broker.brokers();
-    let receiver: fleetstream_receiver::Config = parse(vec![
-        "receiver".into(),
-        "--listen=127.0.0.1:0".into(),
-        format!("--kafka-brokers={b}"),
-        format!("--topic={}", topics.raw),
-        format!("--dlq-topic={}", topics.dlq),
-        "--auth=none".into(),
-    ]);
-    let receiver = fleetstream_receiver::Application::build(receiver).await.expect("the receiver starts");
-    let receiver_port = receiver.port();
-    let receiver_registry = receiver.metrics().registry;
-    let receiver = Running::spawn(receiver_registry.clone(), |stop| receiver.run_until_stopped(stop));
-
-    let processor: fleetstream_processor::Config = parse(vec![
-        "processor".into(),
-        "--listen=127.0.0.1:0".into(),
-        format!("--kafka-brokers={b}"),
-        format!("--group-id={}", fleetstream_testkit::unique("drill")),
-        format!("--input-topic={}", topics.raw),
-        format!("--positions-topic={}", topics.positions),
-        format!("--latest-topic={}", topics.latest),
-        format!("--dlq-topic={}", topics.dlq),
-    ]);
-    let processor = fleetstream_processor::Application::build(processor).await.expect("the processor starts");
-    let processor_registry = processor.metrics().registry;
-    let processor = Running::spawn(processor_registry.clone(), |stop| processor.run_until_stopped(stop));
 
     let db = tempdir::Dir::new();
     let tracker: fleetstream_tracker::Config = parse(vec![

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 
 use fleetstream_core::dlq;
-use fleetstream_testkit::{Broker, Record, Running};
+use fleetstream_testkit::{Broker, Record, Running, Topics};
 
 mod drills;
 
@@ -18,43 +18,53 @@ pub fn parse<T: clap::Parser>(args: Vec<String>) -> T {
     T::try_parse_from(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A receiver on port 0 writing to `topics`, without device authentication: the service, its
+/// port and its metrics.
+pub async fn receiver(broker: &Broker, topics: &Topics, extra: &[&str]) -> (Running, u16, prometheus::Registry) {
+    let mut args = vec![
+        "receiver".to_string(),
+        "--listen=127.0.0.1:0".into(),
+        format!("--kafka-brokers={}", broker.brokers()),
+        format!("--topic={}", topics.raw),
+        format!("--dlq-topic={}", topics.dlq),
+        "--auth=none".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let app = fleetstream_receiver::Application::build(parse(args)).await.expect("the receiver starts");
+    let (port, registry) = (app.port(), app.metrics().registry);
+    (Running::spawn(registry.clone(), |stop| app.run_until_stopped(stop)), port, registry)
+}
+
+/// A processor in group `group` over `topics`: the service and its metrics.
+pub async fn processor(broker: &Broker, topics: &Topics, group: &str, extra: &[&str]) -> (Running, prometheus::Registry) {
+    let mut args = vec![
+        "processor".to_string(),
+        "--listen=127.0.0.1:0".into(),
+        format!("--kafka-brokers={}", broker.brokers()),
+        format!("--group-id={group}"),
+        format!("--input-topic={}", topics.raw),
+        format!("--positions-topic={}", topics.positions),
+        format!("--latest-topic={}", topics.latest),
+        format!("--dlq-topic={}", topics.dlq),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let app = fleetstream_processor::Application::build(parse(args)).await.expect("the processor starts");
+    let registry = app.metrics().registry;
+    (Running::spawn(registry.clone(), |stop| app.run_until_stopped(stop)), registry)
+}
+
 fn obu_seq(r: &Record) -> (u64, u64) {
     let v = r.json();
-    (v["obu_id"].as_u64().unwrap_or(0), v["seq"].as_u64().unwrap_or(0))
+    (v["obu_id"].as_u64().expect("an obu_id"), v["seq"].as_u64().expect("a seq"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_fleet_flows_end_to_end_exactly_once() {
     let broker = Broker::shared();
     let topics = broker.topics(3).await.unwrap_or_else(|e| panic!("{e:#}"));
-    let b = broker.brokers();
 
-    let receiver_config: fleetstream_receiver::Config = parse(vec![
-        "receiver".into(),
-        "--listen=127.0.0.1:0".into(),
-        format!("--kafka-brokers={b}"),
-        format!("--topic={}", topics.raw),
-        format!("--dlq-topic={}", topics.dlq),
-        "--auth=none".into(),
-        "--kafka-linger-ms=1".into(),
-    ]);
-    let receiver = fleetstream_receiver::Application::build(receiver_config).await.unwrap_or_else(|e| panic!("{e:#}"));
-    let port = receiver.port();
-    let mut receiver = Running::spawn(receiver.metrics().registry, |stop| receiver.run_until_stopped(stop));
-
-    let processor_config: fleetstream_processor::Config = parse(vec![
-        "processor".into(),
-        "--listen=127.0.0.1:0".into(),
-        format!("--kafka-brokers={b}"),
-        "--group-id=e2e".into(),
-        format!("--input-topic={}", topics.raw),
-        format!("--positions-topic={}", topics.positions),
-        format!("--latest-topic={}", topics.latest),
-        format!("--dlq-topic={}", topics.dlq),
-        "--kafka-linger-ms=1".into(),
-    ]);
-    let processor = fleetstream_processor::Application::build(processor_config).await.unwrap_or_else(|e| panic!("{e:#}"));
-    let mut processor = Running::spawn(processor.metrics().registry, |stop| processor.run_until_stopped(stop));
+    let (mut receiver, port, _) = receiver(&broker, &topics, &["--kafka-linger-ms=1"]).await;
+    let (mut processor, _) = processor(&broker, &topics, "e2e", &["--kafka-linger-ms=1"]).await;
 
     // Six OBUs on their own connections, reporting every 50 ms; 10% faults of every kind.
     let sim_config: fleetstream_obu_sim::Config = parse(vec![
@@ -75,7 +85,7 @@ async fn simulated_fleet_flows_end_to_end_exactly_once() {
 
     // gpscoords holds exactly the acked positions (semantic faults included: the receiver
     // judges shape, the processor judges the world).
-    let raw = broker.read(&topics.raw, summary.acked as usize, Duration::from_secs(1), Duration::from_secs(60)).unwrap_or_default();
+    let raw = broker.read(&topics.raw, summary.acked as usize, Duration::from_secs(1), Duration::from_secs(60)).expect("the topic is readable");
     let raw_ids: HashSet<(u64, u64)> = raw.iter().map(obu_seq).collect();
     assert_eq!(raw_ids.len() as u64, summary.acked, "acked == distinct positions in gpscoords");
     assert_eq!(raw.len() as u64, summary.acked);
@@ -89,7 +99,7 @@ async fn simulated_fleet_flows_end_to_end_exactly_once() {
     };
     let semantic_invalid: HashSet<(u64, u64)> = raw.iter().filter(|r| is_invalid(r)).map(obu_seq).collect();
     let expected_valid = raw_ids.len() - semantic_invalid.len();
-    let positions = broker.read(&topics.positions, expected_valid, Duration::from_secs(2), Duration::from_secs(60)).unwrap_or_default();
+    let positions = broker.read(&topics.positions, expected_valid, Duration::from_secs(2), Duration::from_secs(60)).expect("the topic is readable");
     assert_eq!(positions.len(), expected_valid, "every valid acked position once");
     let mut by_obu: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     let mut sorted: Vec<&Record> = positions.iter().collect();
@@ -106,7 +116,7 @@ async fn simulated_fleet_flows_end_to_end_exactly_once() {
 
     // The DLQ: semantic faults from the processor, structural ones from the receiver.
     let structural: u64 = summary.refused.values().sum();
-    let dead = broker.read(&topics.dlq, semantic_invalid.len() + structural as usize, Duration::from_secs(2), Duration::from_secs(60)).unwrap_or_default();
+    let dead = broker.read(&topics.dlq, semantic_invalid.len() + structural as usize, Duration::from_secs(2), Duration::from_secs(60)).expect("the topic is readable");
     let from_processor = dead.iter().filter(|r| r.header(dlq::STAGE) == Some("processor")).count();
     let from_receiver = dead.iter().filter(|r| r.header(dlq::STAGE) == Some("receiver")).count();
     assert_eq!(from_processor, semantic_invalid.len());

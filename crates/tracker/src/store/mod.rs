@@ -14,6 +14,7 @@
 //! obu_id and seq are u64 on the wire and signed 64-bit integers in both databases: values above
 //! `i64::MAX` cannot be stored (the ingest counts them as skipped, the API refuses such ids).
 
+mod model;
 mod postgres;
 mod sqlite;
 
@@ -21,73 +22,9 @@ use std::sync::Arc;
 
 use fleetstream_core::ProcessedPosition;
 
+pub use self::model::{db_int, Bbox, BboxError, StoreError, WriteOutcome};
 pub use self::postgres::PgStore;
 pub use self::sqlite::SqliteStore;
-
-/// Why a database operation failed. Every variant is treated as transient by the ingest (it
-/// retries) and as `503 database_unavailable` by the API.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("SQLite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("PostgreSQL: {0}")]
-    Postgres(#[from] deadpool_postgres::tokio_postgres::Error),
-    #[error("PostgreSQL connection pool: {0}")]
-    Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database task failed: {0}")]
-    Task(String),
-    #[error("invalid DATABASE_URL: {0}")]
-    Url(String),
-    #[error("{0} is beyond the largest storable value {max}", max = i64::MAX)]
-    OutOfRange(u64),
-}
-
-impl StoreError {
-    /// The error with its causes ("pool: creating a connection: connection refused"): the
-    /// drivers' own messages often name only the outermost step.
-    pub fn chain(&self) -> String {
-        let mut out = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(e) = source {
-            let text = e.to_string();
-            if !out.contains(&text) {
-                out.push_str(": ");
-                out.push_str(&text);
-            }
-            source = e.source();
-        }
-        out
-    }
-}
-
-/// A latitude/longitude rectangle. `min_lon > max_lon` means it crosses the antimeridian.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Bbox {
-    pub min_lon: f64,
-    pub min_lat: f64,
-    pub max_lon: f64,
-    pub max_lat: f64,
-}
-
-impl Bbox {
-    pub fn contains(&self, lat: f64, lon: f64) -> bool {
-        let lon_ok = if self.min_lon <= self.max_lon {
-            lon >= self.min_lon && lon <= self.max_lon
-        } else {
-            lon >= self.min_lon || lon <= self.max_lon
-        };
-        lon_ok && lat >= self.min_lat && lat <= self.max_lat
-    }
-}
-
-/// What writing a batch did.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct WriteOutcome {
-    /// Indices (into the batch) of the positions newly stored, in batch order.
-    pub inserted: Vec<usize>,
-    /// Positions that were already stored (or appeared twice in the batch).
-    pub duplicates: u64,
-}
 
 /// A database holding the history and the latest position of every vehicle.
 #[derive(Debug, Clone)]
@@ -210,16 +147,6 @@ fn sqlite_path(rest: &str) -> Result<String, StoreError> {
     Ok(path.to_string())
 }
 
-/// A u64 id or seq as the databases store it.
-pub fn db_int(v: u64) -> Result<i64, StoreError> {
-    i64::try_from(v).map_err(|_| StoreError::OutOfRange(v))
-}
-
-/// Back from the database: never negative, since only `db_int` values are written.
-fn from_db(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or_default()
-}
-
 /// The highest-seq position of each vehicle, by obu_id (an upsert may touch a row once).
 fn newest_per_vehicle<'a>(positions: impl Iterator<Item = &'a ProcessedPosition>) -> Vec<ProcessedPosition> {
     let mut newest: std::collections::BTreeMap<u64, &ProcessedPosition> = std::collections::BTreeMap::new();
@@ -258,9 +185,9 @@ mod tests {
 
     #[test]
     fn sqlite_urls_name_a_file() {
-        assert_eq!(sqlite_path("//fleetstream-tracker.db").ok().as_deref(), Some("fleetstream-tracker.db"));
-        assert_eq!(sqlite_path("///var/lib/tracker.db").ok().as_deref(), Some("/var/lib/tracker.db"));
-        assert_eq!(sqlite_path(":memory:").ok().as_deref(), Some(":memory:"));
+        assert_eq!(sqlite_path("//fleetstream-tracker.db").expect("a valid sqlite URL"), "fleetstream-tracker.db");
+        assert_eq!(sqlite_path("///var/lib/tracker.db").expect("a valid sqlite URL"), "/var/lib/tracker.db");
+        assert_eq!(sqlite_path(":memory:").expect("a valid sqlite URL"), ":memory:");
         assert!(sqlite_path("//").is_err());
         assert!(sqlite_path("//x.db?mode=ro").is_err());
     }
@@ -270,22 +197,5 @@ mod tests {
         let batch = [pos(1, 5, false), pos(2, 1, false), pos(1, 7, false), pos(1, 6, false)];
         let newest = newest_per_vehicle(batch.iter());
         assert_eq!(newest.iter().map(|p| (p.obu_id, p.seq)).collect::<Vec<_>>(), vec![(1, 7), (2, 1)]);
-    }
-
-    #[test]
-    fn bbox_handles_the_antimeridian() {
-        let b = Bbox { min_lon: 13.0, min_lat: 52.0, max_lon: 14.0, max_lat: 53.0 };
-        assert!(b.contains(52.5, 13.4));
-        assert!(!b.contains(52.5, 14.5));
-        assert!(!b.contains(51.9, 13.4));
-        let wrap = Bbox { min_lon: 170.0, min_lat: -10.0, max_lon: -170.0, max_lat: 10.0 };
-        assert!(wrap.contains(0.0, 175.0) && wrap.contains(0.0, -175.0));
-        assert!(!wrap.contains(0.0, 0.0));
-    }
-
-    #[test]
-    fn ids_beyond_i64_are_refused() {
-        assert_eq!(db_int(17).ok(), Some(17));
-        assert!(matches!(db_int(u64::MAX), Err(StoreError::OutOfRange(_))));
     }
 }

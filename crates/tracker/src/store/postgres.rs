@@ -11,7 +11,7 @@ use deadpool_postgres::{GenericClient as _, Manager, ManagerConfig, Pool, Recycl
 
 use fleetstream_core::{now_ms, ProcessedPosition};
 
-use super::{db_int, from_db, Bbox, StoreError, WriteOutcome};
+use super::model::{db_int, from_db, Bbox, StoreError, WriteOutcome};
 
 /// Versioned migrations, applied in order, each once, under an advisory lock so that trackers
 /// starting together do not race.

@@ -13,7 +13,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension as _, Row};
 
 use fleetstream_core::{now_ms, ProcessedPosition};
 
-use super::{db_int, from_db, Bbox, StoreError, WriteOutcome};
+use super::model::{db_int, from_db, Bbox, StoreError, WriteOutcome};
 
 /// Versioned migrations, applied in order, each once, each in its own transaction.
 const MIGRATIONS: &[(i64, &str, &str)] = &[(

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use fleetstream_core::now_ms;
+use fleetstream_testkit::eventually;
 
 use crate::helpers::*;
 
@@ -61,7 +62,7 @@ async fn bad_requests_get_the_documented_4xx() {
         let (got_status, body) = tracker.get(path).await;
         assert_eq!(got_status, *status, "{path}: {body}");
         assert_eq!(body["error"].as_str(), Some(*code), "{path}: {body}");
-        let text = body["message"].as_str().unwrap_or_default();
+        let text = body["message"].as_str().unwrap_or_else(|| panic!("{path}: an error body has a message: {body}"));
         assert!(text.contains(message.as_str()), "{path}: message {text:?} lacks {message:?}");
     }
     // The method is checked too.
@@ -75,7 +76,8 @@ async fn bad_requests_get_the_documented_4xx() {
     assert_eq!(count("/api/vehicles/{id}/track", "404"), 1.0);
     assert_eq!(count("/api/vehicles/{id}/track", "400"), 12.0);
     assert_eq!(count("unmatched", "404"), 1.0);
-    let metrics = tracker.http.get(tracker.url("/metrics")).send().await.unwrap_or_else(|e| panic!("{e}")).text().await.unwrap_or_default();
+    let (status, metrics) = tracker.get_text("/metrics").await;
+    assert_eq!(status, 200, "{metrics}");
     assert!(!metrics.contains("/api/vehicles/999"), "no raw paths in labels");
 }
 
@@ -109,7 +111,8 @@ async fn vehicles_filter_by_bounding_box_and_online_status() {
     assert_eq!(offline["online_timeout_ms"], 60_000);
     // Times in every documented form select the same points.
     let track = tracker.get_ok("/api/vehicles/5/track?from=-3h&to=now").await;
-    let (first, last) = (track["points"][0]["ts"].as_i64().unwrap_or(0), track["points"][4]["ts"].as_i64().unwrap_or(0));
+    let ts = |i: usize| track["points"][i]["ts"].as_i64().unwrap_or_else(|| panic!("point {i} has a ts: {track}"));
+    let (first, last) = (ts(0), ts(4));
     assert_eq!(seqs(&track), vec![1, 2, 3, 4, 5]);
     let rfc = |ms: i64| humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string();
     let by_rfc = tracker.get_ok(&format!("/api/vehicles/5/track?from={}&to={}", rfc(first), rfc(last))).await;
@@ -150,14 +153,15 @@ async fn the_live_feed_pushes_new_positions_as_they_are_stored() {
     })
     .await
     .unwrap_or_else(|_| panic!("no three events within 60 s; got {text:?}"));
-    let positions_seen: Vec<(u64, u64)> = got
+    let events: Vec<serde_json::Value> = got
         .iter()
         .filter(|(e, _)| e == "position")
-        .map(|(_, d)| serde_json::from_str::<serde_json::Value>(d).unwrap_or_default())
-        .map(|v| (v["obu_id"].as_u64().unwrap_or(0), v["seq"].as_u64().unwrap_or(0)))
+        .map(|(_, d)| serde_json::from_str(d).unwrap_or_else(|e| panic!("a position event carries JSON ({e}): {d}")))
         .collect();
+    let id = |v: &serde_json::Value, field: &str| v[field].as_u64().unwrap_or_else(|| panic!("a position event has {field}: {v}"));
+    let positions_seen: Vec<(u64, u64)> = events.iter().map(|v| (id(v, "obu_id"), id(v, "seq"))).collect();
     assert_eq!(positions_seen, vec![(7, 4), (7, 5), (7, 6)]);
-    let first: serde_json::Value = got.iter().find(|(e, _)| e == "position").map(|(_, d)| serde_json::from_str(d).unwrap_or_default()).unwrap_or_default();
+    let first = &events[0];
     assert!(near(&first["lat"], positions[3].lat) && first["out_of_order"] == false, "{first}");
     assert!(text.starts_with("retry: 2000\n") || text.contains("retry: 2000"), "{text:?}");
 
@@ -194,20 +198,20 @@ async fn the_page_and_its_assets_are_served_from_the_binary() {
         let http = tracker.http.clone();
         let url = tracker.url(path);
         async move {
-            let r = http.get(url).send().await.unwrap_or_else(|e| panic!("{e}"));
-            let ty = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-            (r.status().as_u16(), ty, r.bytes().await.unwrap_or_default())
+            let r = http.get(url).send().await.unwrap_or_else(|e| panic!("GET {path}: {e}"));
+            let ty = r.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
+            (r.status().as_u16(), ty, r.bytes().await.unwrap_or_else(|e| panic!("GET {path}: reading the body: {e}")))
         }
     };
     let (status, ty, body) = get("/").await;
-    assert_eq!((status, ty.as_str()), (200, "text/html; charset=utf-8"));
+    assert_eq!((status, ty.as_deref()), (200, Some("text/html; charset=utf-8")));
     let html = String::from_utf8_lossy(&body);
     assert!(html.contains("/static/vendor/leaflet/leaflet.js") && html.contains("/static/app.js"), "{html}");
     let (status, ty, body) = get("/static/vendor/leaflet/leaflet.js").await;
-    assert_eq!((status, ty.as_str()), (200, "text/javascript; charset=utf-8"));
+    assert_eq!((status, ty.as_deref()), (200, Some("text/javascript; charset=utf-8")));
     assert!(String::from_utf8_lossy(&body[..200]).contains("Leaflet 1.9.4"));
     let (status, ty, _) = get("/static/vendor/leaflet/images/layers.png").await;
-    assert_eq!((status, ty.as_str()), (200, "image/png"));
+    assert_eq!((status, ty.as_deref()), (200, Some("image/png")));
     let (status, _, _) = get("/static/nope.js").await;
     assert_eq!(status, 404);
     let config = tracker.get_ok("/api/config").await;

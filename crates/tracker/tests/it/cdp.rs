@@ -94,7 +94,7 @@ impl Browser {
             let left = deadline.saturating_duration_since(Instant::now());
             let frame = tokio::time::timeout(left, self.ws.next()).await.unwrap_or_else(|_| panic!("{method}: no answer within 60 s"));
             let Some(Ok(Message::Text(text))) = frame else { continue };
-            let v: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
+            let v: Value = serde_json::from_str(text.as_str()).unwrap_or_else(|e| panic!("{method}: DevTools sent a frame that is not JSON ({e}): {text}"));
             if v["id"].as_u64() == Some(id) {
                 if let Some(e) = v.get("error") {
                     panic!("{method}: {e}");
@@ -108,7 +108,7 @@ impl Browser {
     /// Opens a new page of the given size and navigates it to `url`.
     pub async fn open(&mut self, url: &str, width: u32, height: u32) {
         let target = self.call("Target.createTarget", json!({ "url": "about:blank" })).await;
-        let target_id = target["targetId"].as_str().unwrap_or_default().to_string();
+        let target_id = target["targetId"].as_str().unwrap_or_else(|| panic!("Target.createTarget returns a targetId: {target}")).to_string();
         let attached = self.call("Target.attachToTarget", json!({ "targetId": target_id, "flatten": true })).await;
         self.session = attached["sessionId"].as_str().map(str::to_string);
         self.call("Emulation.setDeviceMetricsOverride", json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false }))
@@ -159,7 +159,8 @@ impl Browser {
     /// A PNG of the page as it is shown.
     pub async fn screenshot(&mut self) -> Vec<u8> {
         let shot = self.call("Page.captureScreenshot", json!({ "format": "png" })).await;
-        base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"))
+        let data = shot["data"].as_str().unwrap_or_else(|| panic!("Page.captureScreenshot returns data: {shot}"));
+        base64::engine::general_purpose::STANDARD.decode(data).unwrap_or_else(|e| panic!("the screenshot is base64: {e}"))
     }
 }
 

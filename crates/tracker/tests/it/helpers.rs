@@ -1,6 +1,5 @@
-use std::future::Future;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser as _;
 use rdkafka::producer::FutureProducer;
@@ -8,7 +7,7 @@ use serde_json::Value;
 
 use fleetstream_core::{now_ms, ProcessedPosition, VehicleLatest};
 use fleetstream_testkit::postgres::Postgres;
-use fleetstream_testkit::{unique, Broker, Running, Topics};
+use fleetstream_testkit::{eventually, unique, Broker, Running, Topics};
 use fleetstream_tracker::{Application, Config, Metrics, Store};
 
 /// The two storage backends every storage test runs against.
@@ -87,7 +86,7 @@ impl TestTracker {
     pub async fn spawn_in_group(broker: &Broker, topics: &Topics, db: &Db, group: &str, extra: &[&str]) -> TestTracker {
         let mut args = flags(broker, topics, &db.url, group);
         // An extra flag replaces the default of the same name (clap takes each flag once).
-        let name = |s: &str| s.split('=').next().unwrap_or_default().to_string();
+        let name = |s: &str| s.split_once('=').map_or(s, |(name, _)| name).to_string();
         args.retain(|a| !extra.iter().any(|e| name(e) == name(a)));
         args.extend(extra.iter().map(|s| s.to_string()));
         let config = Config::try_parse_from(args).unwrap_or_else(|e| panic!("{e}"));
@@ -105,19 +104,26 @@ impl TestTracker {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    /// GET, returning the status and the body as JSON (Null if it is not JSON).
-    pub async fn get(&self, path: &str) -> (u16, Value) {
+    /// GET, returning the status and the body as text.
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
         let r = self.http.get(self.url(path)).send().await.unwrap_or_else(|e| panic!("GET {path}: {e}"));
         let status = r.status().as_u16();
-        let body = r.text().await.unwrap_or_default();
+        let body = r.text().await.unwrap_or_else(|e| panic!("GET {path}: reading the body: {e}"));
+        (status, body)
+    }
+
+    /// GET, returning the status and the body as JSON (Null if it is not JSON, as the body of
+    /// `/readyz` is not).
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let (status, body) = self.get_text(path).await;
         (status, serde_json::from_str(&body).unwrap_or(Value::Null))
     }
 
-    /// GET, expecting 200.
+    /// GET, expecting 200 and a JSON body.
     pub async fn get_ok(&self, path: &str) -> Value {
-        let (status, body) = self.get(path).await;
+        let (status, body) = self.get_text(path).await;
         assert_eq!(status, 200, "GET {path}: {body}");
-        body
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: the body is not JSON ({e}): {body}"))
     }
 
     async fn wait_ready(&self) {
@@ -146,24 +152,6 @@ impl TestTracker {
 
 pub fn metric(metrics: &Metrics, name: &str, label: Option<(&str, &str)>) -> f64 {
     fleetstream_testkit::metric_value(&fleetstream_core::telemetry::render(&metrics.registry), name, label)
-}
-
-/// Polls `check` until it holds or `within` passes. Waits for a state; asserts no speed.
-pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 pub async fn broker_and_topics(partitions: i32) -> (Broker, Topics) {
@@ -223,7 +211,8 @@ pub fn drive(obu_id: u64, n: u64, ends_ago: i64, lat0: f64, lon0: f64) -> Vec<Pr
 
 /// The seqs of a track response, in response order.
 pub fn seqs(track: &Value) -> Vec<u64> {
-    track["points"].as_array().map(|a| a.iter().filter_map(|p| p["seq"].as_u64()).collect()).unwrap_or_default()
+    let points = track["points"].as_array().unwrap_or_else(|| panic!("a track has a `points` array: {track}"));
+    points.iter().map(|p| p["seq"].as_u64().unwrap_or_else(|| panic!("every point has a seq: {p}"))).collect()
 }
 
 /// Generates one `#[tokio::test]` per backend for an `async fn(Backend)`.

@@ -38,6 +38,11 @@ fn route(obu_id: u64, n: u64, ends_ago: i64) -> Vec<ProcessedPosition> {
         .collect()
 }
 
+/// A marker's screen coordinate (`x` or `y`) as MARKER reports it.
+fn coordinate(marker: &serde_json::Value, axis: &str) -> f64 {
+    marker[axis].as_f64().unwrap_or_else(|| panic!("the marker is on the map with an {axis}: {marker}"))
+}
+
 fn artifact_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -95,8 +100,8 @@ async fn markers_appear_move_and_show_their_trail_in_a_real_browser() {
     let after = browser.wait_for(&format!("(() => {{ const m = ({MARKER})(1); return m && m.seq === 41 ? m : null; }})()"), WAIT).await;
     let after = after.unwrap_or_else(|| panic!("marker 1 did not move: {}", before));
     assert!(near(&after["lat"], moved.lat) && near(&after["lon"], moved.lon), "{after}");
-    let dx = after["x"].as_f64().unwrap_or(0.0) - before["x"].as_f64().unwrap_or(0.0);
-    let dy = after["y"].as_f64().unwrap_or(0.0) - before["y"].as_f64().unwrap_or(0.0);
+    let dx = coordinate(&after, "x") - coordinate(&before, "x");
+    let dy = coordinate(&after, "y") - coordinate(&before, "y");
     assert!(dx > 20.0 && dy.abs() < 5.0, "moved east on screen: dx {dx} dy {dy}");
 
     // The list: every vehicle, most recently seen first (re-sorted every second), with its
@@ -106,22 +111,22 @@ async fn markers_appear_move_and_show_their_trail_in_a_real_browser() {
     let rows = browser
         .eval("Array.from(document.querySelectorAll('#vehicles li')).map(li => [li.dataset.obuId, li.querySelector('.age').textContent, li.classList.contains('offline')])")
         .await;
-    let rows = rows.as_array().cloned().unwrap_or_default();
+    let rows = rows.as_array().cloned().unwrap_or_else(|| panic!("the list's rows: {rows}"));
     assert_eq!(rows.len(), 8, "{rows:?}");
     assert!(rows.iter().all(|r| r[1].as_str().is_some_and(|t| t.ends_with(" ago"))), "{rows:?}");
-    let last_row = rows.last().cloned().unwrap_or_default();
+    let last_row = rows.last().cloned().expect("the list has rows");
     assert_eq!((last_row[0].as_str(), last_row[1].as_str(), last_row[2].as_bool()), (Some("8"), Some("5 min ago"), Some(true)));
 
     // A click on vehicle 3's marker draws its recent trail (40 fixes); new fixes extend it.
     let three = browser.eval(&format!("({MARKER})(3)")).await;
-    browser.click(three["x"].as_f64().unwrap_or(0.0), three["y"].as_f64().unwrap_or(0.0)).await;
+    browser.click(coordinate(&three, "x"), coordinate(&three, "y")).await;
     let trail = browser.wait_for("(() => { const t = document.querySelector('path.trail[data-obu-id=\"3\"]'); return t && +t.dataset.points; })()", WAIT).await;
     assert_eq!(trail.and_then(|v| v.as_u64()), Some(40), "the trail holds the vehicle's 40 fixes");
     let selected = browser.eval("[document.querySelector('#vehicles li.selected')?.dataset.obuId, document.getElementById('sel-id').textContent]").await;
     assert_eq!(selected, serde_json::json!(["3", "3"]));
     assert_eq!(browser.eval(&format!("({MARKER})(3).selected")).await, true);
     assert_eq!(browser.eval("location.hash").await, "#vehicle=3", "the selection is linkable");
-    let next = route(3, 41, 0).pop().unwrap_or_else(|| panic!("route"));
+    let next = route(3, 41, 0).pop().expect("a route of 41 fixes");
     produce_positions(&producer, &topics.positions, &[next]).await;
     let grown = browser.wait_for("+document.querySelector('path.trail[data-obu-id=\"3\"]').dataset.points === 41", WAIT).await;
     assert!(grown.is_some(), "the live feed extends the trail");

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use fleetstream_core::now_ms;
-use fleetstream_testkit::unique;
+use fleetstream_testkit::{eventually, unique};
 
 use crate::both_backends;
 use crate::helpers::*;
@@ -42,7 +42,7 @@ async fn positions_appear_with_the_latest_position_and_an_ordered_track(backend:
 
     let list = tracker.get_ok("/api/vehicles").await;
     assert_eq!(list["count"], 3, "{list}");
-    let vehicles = list["vehicles"].as_array().cloned().unwrap_or_default();
+    let vehicles = list["vehicles"].as_array().cloned().unwrap_or_else(|| panic!("a vehicle list: {list}"));
     let ids: Vec<u64> = vehicles.iter().filter_map(|v| v["obu_id"].as_u64()).collect();
     assert_eq!(ids, vec![1, 2, 3], "ordered by obu_id");
     let latest_seqs: Vec<u64> = vehicles.iter().filter_map(|v| v["seq"].as_u64()).collect();
@@ -86,7 +86,7 @@ async fn positions_appear_with_the_latest_position_and_an_ordered_track(backend:
     assert_eq!(tracker.metric("fleetstream_tracker_vehicles", None), 3.0);
     assert!(tracker.metric("fleetstream_tracker_batch_size_count", None) >= 1.0);
     assert!(tracker.metric("fleetstream_tracker_flush_seconds_count", None) >= 1.0);
-    assert_eq!(tracker.store.position_count().await.ok(), Some(total));
+    assert_eq!(tracker.store.position_count().await.expect("counting the stored positions"), total);
 }
 
 async fn replaying_the_same_records_creates_no_duplicates(backend: Backend) {
@@ -111,7 +111,7 @@ async fn replaying_the_same_records_creates_no_duplicates(backend: Backend) {
     replay.wait_metric("fleetstream_tracker_duplicates_skipped_total", 60.0).await;
     assert_eq!(replay.metric("fleetstream_tracker_positions_written_total", None), 0.0);
 
-    assert_eq!(tracker.store.position_count().await.ok(), Some(30));
+    assert_eq!(tracker.store.position_count().await.expect("counting the stored positions"), 30);
     let track = tracker.get_ok("/api/vehicles/10/track?from=-1h").await;
     assert_eq!(seqs(&track), (1..=15).collect::<Vec<_>>(), "each seq once, in order");
     let latest = tracker.get_ok("/api/vehicles/11").await;
@@ -132,7 +132,7 @@ async fn retention_prunes_old_rows(backend: Backend) {
     tracker.wait_metric("fleetstream_tracker_retention_pruned_total", 15.0).await;
 
     assert_eq!(tracker.metric("fleetstream_tracker_retention_pruned_total", None), 15.0, "only the old rows");
-    assert_eq!(tracker.store.position_count().await.ok(), Some(10));
+    assert_eq!(tracker.store.position_count().await.expect("counting the stored positions"), 10);
     let track = tracker.get_ok("/api/vehicles/20/track?from=-4h").await;
     assert_eq!(seqs(&track), (11..=20).collect::<Vec<_>>());
     // The latest position is kept (one row per vehicle): an idle vehicle stays on the map.
@@ -184,10 +184,10 @@ async fn shutdown_writes_the_batch_in_hand_and_commits(backend: Backend) {
     let positions = drive(40, 16, 1_000, 53.55, 10.0);
     produce_positions(&producer, &topics.positions, &positions[..15]).await;
     first.wait_metric("fleetstream_tracker_positions_consumed_total", 15.0).await;
-    assert_eq!(first.store.position_count().await.ok(), Some(0), "still in the batch");
+    assert_eq!(first.store.position_count().await.expect("counting the stored positions"), 0, "still in the batch");
 
     first.shutdown().await.unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(first.store.position_count().await.ok(), Some(15), "written on shutdown");
+    assert_eq!(first.store.position_count().await.expect("counting the stored positions"), 15, "written on shutdown");
     assert_eq!(first.metric("fleetstream_tracker_commits_total", None), 1.0);
 
     // Same group: it resumes after the committed batch. One new position (same vehicle, so the
@@ -212,7 +212,7 @@ async fn migrations_are_versioned_and_applied_once(backend: Backend) {
     produce_positions(&producer, &topics.positions, &drive(50, 3, 1_000, 1.0, 1.0)).await;
     let second = TestTracker::spawn(&broker, &topics, &db, &[]).await;
     second.wait_metric("fleetstream_tracker_positions_written_total", 3.0).await;
-    assert_eq!(second.store.migrations().await.ok(), Some(applied));
+    assert_eq!(second.store.migrations().await.expect("listing the applied migrations"), applied);
     drop(second);
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
@@ -229,9 +229,7 @@ async fn postgres_outage_loses_and_repeats_nothing() {
     produce_positions(&producer, &topics.positions, &positions[..10]).await;
     tracker.wait_metric("fleetstream_tracker_positions_written_total", 10.0).await;
 
-    if let Some(pg) = db.pg.as_mut() {
-        pg.stop();
-    }
+    db.pg.as_mut().expect("a PostgreSQL database").stop();
     produce_positions(&producer, &topics.positions, &positions[10..]).await;
     tracker.wait_metric("fleetstream_tracker_db_errors_total", 1.0).await;
     let (status, _) = tracker.get("/readyz").await;
@@ -239,9 +237,7 @@ async fn postgres_outage_loses_and_repeats_nothing() {
     let (status, body) = tracker.get("/api/vehicles").await;
     assert_eq!((status, body["error"].as_str()), (503, Some("database_unavailable")));
 
-    if let Some(pg) = db.pg.as_mut() {
-        pg.restart().unwrap_or_else(|e| panic!("{e:#}"));
-    }
+    db.pg.as_mut().expect("a PostgreSQL database").restart().unwrap_or_else(|e| panic!("{e:#}"));
     tracker.wait_metric("fleetstream_tracker_positions_written_total", 20.0).await;
     assert_eq!(seqs(&tracker.get_ok("/api/vehicles/60/track?from=-1h").await), (1..=20).collect::<Vec<_>>());
     assert_eq!(tracker.get_ok("/api/vehicles/60").await["seq"], 20);
