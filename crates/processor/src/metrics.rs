@@ -38,7 +38,7 @@ impl Metrics {
         for reason in fleetstream_core::Reason::ALL.iter().filter(|r| !r.retryable()) {
             m.invalid.with_label_values(&[reason.as_str()]);
         }
-        for stage in ["produce", "restore", "commit", "abort"] {
+        for stage in ["produce", "restore", "commit", "abort", "fetch"] {
             m.retries.with_label_values(&[stage]);
         }
         for kind in ["assign", "revoke"] {

@@ -44,6 +44,9 @@ use crate::rebalance::{Context, Events, RebalanceEvent};
 use crate::restore::{self, PartitionState};
 use crate::config::Config;
 
+/// A partition with a backlog that delivers nothing for this long is sought again.
+const STALLED_FETCH: Duration = Duration::from_secs(30);
+
 /// How long a transaction's control calls (offsets, commit, abort) may take.
 const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -207,6 +210,8 @@ pub(crate) struct Pipeline {
     failures: u32,
     consumer_errors: Throttle,
     progress: Progress,
+    /// When the consumer last delivered a record.
+    last_record: Instant,
 }
 
 /// Which step the loop is in, and since when: a watchdog reports a loop stuck in one step (a
@@ -255,6 +260,7 @@ impl Pipeline {
             failures: 0,
             consumer_errors: Throttle::new(Duration::from_secs(5)),
             progress,
+            last_record: Instant::now(),
         }
     }
 
@@ -299,7 +305,10 @@ impl Pipeline {
         let mut timeout = Duration::from_millis(100);
         while batch.len() < self.config.batch_size {
             match self.consumer.poll(timeout) {
-                Some(Ok(m)) => batch.push(m.detach()),
+                Some(Ok(m)) => {
+                    self.last_record = Instant::now();
+                    batch.push(m.detach());
+                }
                 Some(Err(error)) => {
                     if let Some(held_back) = self.consumer_errors.pass() {
                         tracing::warn!(%error, similar_since_last = held_back, "consumer error");
@@ -765,8 +774,13 @@ impl Pipeline {
         })
     }
 
-    fn update_lag(&self) {
-        let input = self.layout.input();
+    /// Updates the lag gauge; a partition with a backlog that has delivered nothing for a
+    /// while (its fetcher left in a bad state by an outage and the seeks around it) is sought
+    /// back to where processing resumes.
+    fn update_lag(&mut self) {
+        let input = self.layout.input().to_string();
+        let input = input.as_str();
+        let mut stalled = Vec::new();
         for p in &self.assigned {
             let Ok((_, high)) = self.consumer.fetch_watermarks(input, *p, Duration::from_secs(1)) else { continue };
             let next = self.next_offset.get(p).copied().or_else(|| {
@@ -778,6 +792,21 @@ impl Pipeline {
             });
             let lag = high - next.unwrap_or(0);
             self.metrics.lag.with_label_values(&[&p.to_string()]).set(lag.max(0));
+            if lag > 0 && self.last_record.elapsed() > STALLED_FETCH {
+                stalled.push((*p, next));
+            }
+        }
+        for (p, next) in stalled {
+            let Some(offset) = next else { continue };
+            tracing::warn!(partition = p, offset, "records are waiting but none arrived for {STALLED_FETCH:?}; seeking again");
+            self.metrics.retries.with_label_values(&["fetch"]).inc();
+            if let Err(error) = self.consumer.seek(input, p, Offset::Offset(offset), Duration::from_secs(5)) {
+                tracing::warn!(partition = p, %error, "cannot seek");
+            }
+        }
+        if self.last_record.elapsed() > STALLED_FETCH {
+            // One nudge per period.
+            self.last_record = Instant::now();
         }
     }
 }
