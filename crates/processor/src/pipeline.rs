@@ -47,8 +47,11 @@ use crate::config::Config;
 /// A partition with a backlog that delivers nothing for this long is sought again.
 const STALLED_FETCH: Duration = Duration::from_secs(30);
 
-/// How long a transaction's control calls (offsets, commit, abort) may take.
+/// How long a transaction's control calls (offsets, commit, abort) may take, as librdkafka is
+/// told.
 const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long we wait for one of them before abandoning it (see [`bounded`]).
+const TXN_CALL_BOUND: Duration = Duration::from_secs(15);
 
 /// The processor's Kafka clients.
 pub(crate) struct Clients {
@@ -109,8 +112,15 @@ fn transactional_producer(config: &rdkafka::ClientConfig) -> anyhow::Result<Futu
 /// cluster restarts (librdkafka issues #5456 and #5511, open in 2.12). A call that does not
 /// return is abandoned on its thread, with its producer: the caller makes a new one, whose
 /// `init_transactions` fences the old and aborts what it left open.
+///
+/// The bound is shorter than librdkafka's own timeout: a commit that waits on a broker failover
+/// for longer is better redone with a fresh producer (whose `init_transactions` settles the old
+/// transaction one way or the other; the state rebuild recognises what it committed) than
+/// waited for.
 fn bounded<T: Send + 'static>(what: &'static str, call: impl FnOnce() -> rdkafka::error::KafkaResult<T> + Send + 'static) -> Result<rdkafka::error::KafkaResult<T>, BatchError> {
-    let limit = TXN_CALL_TIMEOUT + Duration::from_secs(5);
+    // Making a producer waits for the transaction coordinator, which may be loading after a
+    // restart: it gets librdkafka's whole timeout.
+    let limit = if what == "init_transactions" { TXN_CALL_TIMEOUT + Duration::from_secs(5) } else { TXN_CALL_BOUND };
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name(format!("txn-{what}"))
@@ -121,14 +131,14 @@ fn bounded<T: Send + 'static>(what: &'static str, call: impl FnOnce() -> rdkafka
     match rx.recv_timeout(limit) {
         Ok(result) => Ok(result),
         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            Err(BatchError::Fenced(format!("librdkafka's {what} did not return within {limit:?}; abandoning the producer")))
+            Err(BatchError::Stuck(format!("librdkafka's {what} did not return within {limit:?}; abandoning the producer")))
         }
         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(BatchError::Retry(format!("{what} panicked"))),
     }
 }
 
-/// A producer fenced this often in a row is not timing out: another running instance shares
-/// its transactional id.
+/// A producer fenced this often within the window is not timing out: another running instance
+/// shares its transactional id.
 const MAX_REFENCES: usize = 3;
 const REFENCE_WINDOW: Duration = Duration::from_secs(300);
 
@@ -145,6 +155,9 @@ enum BatchError {
     /// the transaction timeout, or another instance took its transactional id).
     #[error("{0}")]
     Fenced(String),
+    /// One of librdkafka's transactional calls did not return in time (see [`bounded`]).
+    #[error("{0}")]
+    Stuck(String),
     /// Shutdown came first.
     #[error("stopped")]
     Stopped,
@@ -275,7 +288,9 @@ impl Pipeline {
         while !self.shutdown.is_cancelled() {
             let started = Instant::now();
             let mut batch = self.collect();
-            self.handle_rebalances(&mut batch);
+            if self.handle_rebalances(&mut batch).is_err() {
+                break;
+            }
             if !batch.is_empty() {
                 match self.process(batch, started) {
                     Ok(()) => {}
@@ -327,8 +342,11 @@ impl Pipeline {
     }
 
     /// Drops the state of revoked partitions, and records fetched from them this round: the
-    /// next owner resumes from our last commit, which did not include them.
-    fn handle_rebalances(&mut self, batch: &mut Vec<OwnedMessage>) {
+    /// next owner resumes from our last commit, which did not include them. Restores the state
+    /// of newly assigned partitions at once, so that their first records are not held up by it
+    /// (and a take-over's cost shows as soon as it happens). Errors only when shutdown came
+    /// first.
+    fn handle_rebalances(&mut self, batch: &mut Vec<OwnedMessage>) -> Result<(), Stop> {
         for event in self.events.take() {
             match event {
                 RebalanceEvent::Revoked(ps) => {
@@ -345,12 +363,37 @@ impl Pipeline {
                         if !self.assigned.contains(&p) {
                             self.assigned.push(p);
                         }
+                        if !self.partitions.contains_key(&p) {
+                            let resume_from = self.resume_point(p);
+                            match self.load(p, resume_from) {
+                                Ok(state) => {
+                                    self.partitions.insert(p, state);
+                                }
+                                Err(_) => return Err(Stop::Shutdown),
+                            }
+                        }
                     }
                 }
             }
         }
         self.metrics.assigned.set(self.assigned.len() as i64);
         self.metrics.vehicles.set(self.partitions.values().map(|s| s.vehicles.len() as i64).sum());
+        Ok(())
+    }
+
+    /// Where processing of partition `p` resumes: its committed offset, or (a new group) the
+    /// start of the partition.
+    fn resume_point(&self, p: i32) -> i64 {
+        let input = self.layout.input();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(input, p);
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .ok()
+            .and_then(|t| t.elements().first().and_then(|e| e.offset().to_raw()))
+            .filter(|o| *o >= 0);
+        committed.unwrap_or_else(|| self.consumer.fetch_watermarks(input, p, Duration::from_secs(10)).map(|(low, _)| low).unwrap_or(0))
     }
 
     /// Takes one batch to its commit, or rewinds it for another try.
@@ -384,28 +427,41 @@ impl Pipeline {
             }
             Err(BatchError::Fenced(why)) => {
                 tracing::warn!(error = %why, "the transactional producer was fenced; making it again and retrying the batch");
+                self.note_fencing();
                 self.rewind(&by_partition);
-                self.renew_producer(why).map_err(Stop::Fatal)
+                self.renew_producer()
+            }
+            Err(BatchError::Stuck(why)) => {
+                tracing::warn!(error = %why, "making the transactional producer again and retrying the batch");
+                self.rewind(&by_partition);
+                self.renew_producer()
             }
             Err(BatchError::Stopped) => Err(Stop::Shutdown),
         }
     }
 
-    /// Replaces a fenced transactional producer. A transaction that outlived its timeout
-    /// (a broker failover, a long pause) gets the producer fenced; a new one with the same
-    /// transactional id carries on. Fenced again and again means another running instance
-    /// has the same id: then this one stops.
-    fn renew_producer(&mut self, why: String) -> Result<(), String> {
-        let Some(config) = self.producer_config.clone() else { return Err(why) };
+    /// Counts fencings: one now and then is a transaction that outlived its timeout (a broker
+    /// failover, a long pause); again and again means another running instance has the same
+    /// transactional id, which this says loudly. Both keep working, each fencing the other, and
+    /// exactly-once holds, but slowly: the operator must fix the ids.
+    fn note_fencing(&mut self) {
         self.refenced.retain(|t| t.elapsed() < REFENCE_WINDOW);
-        if self.refenced.len() >= MAX_REFENCES {
-            return Err(format!(
-                "fenced {} times in {REFENCE_WINDOW:?} ({why}): is another processor running with transactional id {:?}?",
-                self.refenced.len() + 1,
-                config.get("transactional.id").unwrap_or_default()
-            ));
-        }
         self.refenced.push(Instant::now());
+        if self.refenced.len() >= MAX_REFENCES {
+            let id = self.producer_config.as_ref().and_then(|c| c.get("transactional.id")).unwrap_or_default().to_string();
+            tracing::error!(
+                fenced = self.refenced.len(),
+                window = ?REFENCE_WINDOW,
+                transactional_id = %id,
+                "fenced again and again: is another processor running with this transactional id?"
+            );
+        }
+    }
+
+    /// Replaces the transactional producer (fenced, or abandoned in a call that did not
+    /// return); a new one with the same transactional id carries on.
+    fn renew_producer(&mut self) -> Result<(), Stop> {
+        let Some(config) = self.producer_config.clone() else { return Err(Stop::Fatal("a producer without transactions was fenced".into())) };
         self.metrics.producers_renewed.inc();
         let mut attempt = 0;
         loop {
@@ -425,7 +481,7 @@ impl Pipeline {
                     attempt += 1;
                     tracing::warn!(error = format!("{error:#}"), attempt, "cannot make the transactional producer again; retrying");
                     if !self.backoff(attempt) {
-                        return Err("stopped".into());
+                        return Err(Stop::Shutdown);
                     }
                 }
             }
@@ -519,7 +575,7 @@ impl Pipeline {
             Ok(tally)
         })();
         if let Err(error) = &result {
-            if matches!(error, BatchError::Fenced(_)) {
+            if matches!(error, BatchError::Fenced(_) | BatchError::Stuck(_)) {
                 return result;
             }
             self.abort(&producer)?;

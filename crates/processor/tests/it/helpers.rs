@@ -59,6 +59,11 @@ impl ProcessorProcess {
     /// Starts instance `instance` of `group`: its transactional id is `<group>-<instance>`, so
     /// a restart of the same instance fences its predecessor and aborts what it left open.
     pub fn start(broker: &Broker, topics: &Topics, group: &str, instance: &str, mode: &str) -> ProcessorProcess {
+        Self::start_with(broker, topics, group, instance, mode, &[])
+    }
+
+    /// `start` with more settings, as environment variables.
+    pub fn start_with(broker: &Broker, topics: &Topics, group: &str, instance: &str, mode: &str, env: &[(&str, &str)]) -> ProcessorProcess {
         let ops_port = fleetstream_testkit::free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_processor"));
         for (k, v) in args(broker, topics, group) {
@@ -66,7 +71,8 @@ impl ProcessorProcess {
         }
         cmd.env("PROCESSOR_LISTEN", format!("127.0.0.1:{ops_port}"))
             .env("PROCESSOR_EXACTLY_ONCE", mode)
-            .env("PROCESSOR_TRANSACTIONAL_ID", format!("{group}-{instance}"));
+            .env("PROCESSOR_TRANSACTIONAL_ID", format!("{group}-{instance}"))
+            .envs(env.iter().copied());
         cmd.stdin(Stdio::null()).stdout(Stdio::null());
         if std::env::var_os("PROCESSOR_LOG").is_none() {
             cmd.stderr(Stdio::null());

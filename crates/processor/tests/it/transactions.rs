@@ -14,10 +14,14 @@ use crate::workload::{assert_accounted, stream_positions};
 async fn a_frozen_processor_is_fenced_when_it_wakes_up() {
     let (broker, topics) = broker_and_topics(3).await;
     let group = fleetstream_testkit::unique("zombie");
-    let zombie = ProcessorProcess::start(&broker, &topics, &group, "a", "transactions");
+    // The successor's state restore waits until the zombie's open transaction is aborted, at
+    // its transaction timeout: 10 s here, to keep the test short.
+    let timeout = [("PROCESSOR_TRANSACTION_TIMEOUT", "10s")];
+    let zombie = ProcessorProcess::start_with(&broker, &topics, &group, "a", "transactions", &timeout);
     let mut successor: Option<ProcessorProcess> = None;
-    // 2,700 positions at 150/s: about 18 s, long enough to freeze, take over and thaw in.
-    let produce = stream_positions(&broker, &topics, 9, 300, 150);
+    // 5,400 positions at 150/s: about 36 s, long enough to freeze, take over (session timeout,
+    // then the restore's wait for the zombie's transaction) and thaw in.
+    let produce = stream_positions(&broker, &topics, 9, 600, 150);
     tokio::pin!(produce);
     let (mut frozen_at, mut thawed_after) = (None::<Instant>, None::<Duration>);
     let produced = loop {
@@ -28,7 +32,7 @@ async fn a_frozen_processor_is_fenced_when_it_wakes_up() {
                     (None, _, _) if zombie.metric("fleetstream_processor_positions_valid_total").await > 0.0 => {
                         zombie.signal(Signal::SIGSTOP);
                         frozen_at = Some(Instant::now());
-                        successor = Some(ProcessorProcess::start(&broker, &topics, &group, "b", "transactions"));
+                        successor = Some(ProcessorProcess::start_with(&broker, &topics, &group, "b", "transactions", &timeout));
                     }
                     (Some(s), Some(at), None) if s.metric("fleetstream_processor_assigned_partitions").await == 3.0 => {
                         zombie.signal(Signal::SIGCONT);
