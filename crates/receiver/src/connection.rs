@@ -105,6 +105,16 @@ impl<'a> Refusal<'a> {
     }
 }
 
+/// What every connection of the receiver works with: where input goes, what it may do, what
+/// it counts, and when to stop.
+#[derive(Clone)]
+pub(crate) struct Gateway {
+    pub ingest: Arc<Ingest>,
+    pub limits: ConnectionLimits,
+    pub metrics: Metrics,
+    pub shutdown: CancellationToken,
+}
+
 pub(crate) struct Connection {
     ingest: Arc<Ingest>,
     limits: ConnectionLimits,
@@ -122,15 +132,8 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(
-        ingest: Arc<Ingest>,
-        limits: ConnectionLimits,
-        metrics: Metrics,
-        shutdown: CancellationToken,
-        id: u64,
-        peer: SocketAddr,
-        allowed: Allowed,
-    ) -> Self {
+    pub(crate) fn new(gateway: Gateway, id: u64, peer: SocketAddr, allowed: Allowed) -> Self {
+        let Gateway { ingest, limits, metrics, shutdown } = gateway;
         let bucket = (limits.rate_limit > 0.0).then(|| TokenBucket::new(limits.rate_limit, limits.rate_burst.max(1.0)));
         let abuse = AbuseWindow::new(limits.abuse_limit, Duration::from_secs(10));
         Connection {

@@ -63,6 +63,17 @@ pub(crate) struct Shared {
     next_connection: AtomicU64,
 }
 
+impl Shared {
+    fn gateway(&self) -> connection::Gateway {
+        connection::Gateway {
+            ingest: self.ingest.clone(),
+            limits: self.limits,
+            metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
 /// A bound, not yet serving receiver.
 pub struct Application {
     listener: TcpListener,
@@ -246,8 +257,7 @@ async fn upgrade(
     ws.on_upgrade(move |socket| {
         tracker.track_future(async move {
             tracing::debug!(conn = id, %peer, "connection opened");
-            let (ingest, metrics, shutdown) = (shared.ingest.clone(), shared.metrics.clone(), shared.shutdown.clone());
-            connection::Connection::new(ingest, shared.limits, metrics, shutdown, id, peer, allowed).run(socket).await;
+            connection::Connection::new(shared.gateway(), id, peer, allowed).run(socket).await;
             drop(permit);
         })
     })
