@@ -132,7 +132,7 @@ class Broker:
 
     def topics(self):
         self.n += 1
-        names = {k: f"{k}-{self.n}" for k in ("gpscoords", "positions", "vehicle-latest", "gpscoords-dlq")}
+        names = {k: f"{k}-{self.n}" for k in ("gpscoords", "positions", "vehicle-latest", "gpscoords-dlq", "events", "geofences")}
         self.local.topics(raw=names["gpscoords"], positions=names["positions"], latest=names["vehicle-latest"],
                           dlq=names["gpscoords-dlq"])
         return names
@@ -157,7 +157,8 @@ def processor(broker, t, port):
     p = start("processor", [REL / "processor", "--listen", f"127.0.0.1:{port}", "--kafka-brokers", broker.brokers,
                             "--group-id", f"bench-{port}", "--input-topic", t["gpscoords"],
                             "--positions-topic", t["positions"], "--latest-topic", t["vehicle-latest"],
-                            "--dlq-topic", t["gpscoords-dlq"], "--exactly-once", EXACTLY_ONCE, "--log-level", "warn"])
+                            "--dlq-topic", t["gpscoords-dlq"], "--events-topic", t["events"],
+                            "--geofences-topic", t["geofences"], "--exactly-once", EXACTLY_ONCE, "--log-level", "warn"])
     wait_ready(port)
     return p
 

@@ -4,7 +4,10 @@
 //!
 //! This crate depends on no service; every service depends on it.
 
+pub mod attributes;
 pub mod dlq;
+pub mod events;
+pub mod geofence;
 pub mod frames;
 pub mod http;
 pub mod kafka;
@@ -17,6 +20,7 @@ pub mod topics;
 pub mod wire;
 
 pub use position::{Position, ProcessedPosition, VehicleLatest};
+pub use attributes::Attributes;
 pub use reason::Reason;
 
 /// Milliseconds since the Unix epoch, from the system clock.

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::attributes::Attributes;
+
 /// One GPS fix of one vehicle, structurally valid: the value of a `gpscoords` record.
 ///
 /// Whether it is believable (coordinates in range, a sane timestamp, no teleport) is the
@@ -25,6 +27,9 @@ pub struct Position {
     /// Course over ground reported by the device, degrees clockwise from north.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heading: Option<f64>,
+    /// What the vehicle says besides where it is (ignition, alarm, odometer, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<Attributes>,
 }
 
 impl Position {
@@ -73,6 +78,9 @@ pub struct ProcessedPosition {
     /// history, but it did not move the latest position.
     #[serde(default)]
     pub out_of_order: bool,
+    /// The position's attributes, as the device sent them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<Attributes>,
 }
 
 /// The value of a `vehicle-latest` record: the latest valid position of a vehicle, and the
@@ -93,6 +101,9 @@ pub struct VehicleLatest {
     /// read from records written before `gaps`; never written.
     #[serde(default, skip_serializing)]
     pub seen_below: Option<u64>,
+    /// What the event rules remember of the vehicle (absent in records written before them).
+    #[serde(default)]
+    pub fleet: crate::events::FleetState,
 }
 
 /// Great-circle distance in metres (haversine, mean Earth radius).
@@ -131,7 +142,7 @@ mod tests {
 
     #[test]
     fn optional_fields_are_omitted() {
-        let p = Position { obu_id: 1, seq: 2, ts: 3, lat: 4.5, lon: 5.5, speed: None, heading: None };
+        let p = Position { obu_id: 1, seq: 2, ts: 3, lat: 4.5, lon: 5.5, speed: None, heading: None, attributes: None };
         assert_eq!(
             String::from_utf8(p.to_json()).unwrap_or_default(),
             r#"{"obu_id":1,"seq":2,"ts":3,"lat":4.5,"lon":5.5}"#

@@ -37,6 +37,8 @@ pub mod headers {
     pub const SRC_PARTITION: &str = "fleetstream.src.partition";
     /// On `positions`: the input offset the position came from.
     pub const SRC_OFFSET: &str = "fleetstream.src.offset";
+    /// On `events`: the event's type, so a consumer can filter without parsing the value.
+    pub const EVENT_TYPE: &str = "fleetstream.event.type";
 
     /// The value of header `key` as text (the last one, if repeated).
     pub fn text<'a, H: Headers>(headers: Option<&'a H>, key: &str) -> Option<&'a str> {

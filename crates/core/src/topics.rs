@@ -8,3 +8,8 @@ pub const POSITIONS: &str = "positions";
 pub const LATEST: &str = "vehicle-latest";
 /// Rejected records with headers saying why.
 pub const DLQ: &str = "gpscoords-dlq";
+/// Fleet events computed by the processor (geofence, overspeed, motion, online/offline,
+/// ignition, alarm, trip), key = obu_id.
+pub const EVENTS: &str = "events";
+/// Geofence definitions (GeoJSON Features), compacted, key = fence id; a tombstone deletes.
+pub const GEOFENCES: &str = "geofences";

@@ -7,6 +7,7 @@
 
 use serde_json::{value::RawValue, Map, Value};
 
+use crate::attributes::Attributes;
 use crate::position::Position;
 use crate::reason::{Reason, Rejection};
 
@@ -20,6 +21,7 @@ pub struct WirePosition {
     pub lon: f64,
     pub speed: Option<f64>,
     pub heading: Option<f64>,
+    pub attributes: Option<Attributes>,
     /// The frame used the seed's `obuid` form.
     pub legacy: bool,
 }
@@ -35,6 +37,7 @@ impl WirePosition {
             lon: self.lon,
             speed: self.speed,
             heading: self.heading,
+            attributes: self.attributes,
         }
     }
 }
@@ -93,13 +96,19 @@ struct Fast {
     speed: Option<f64>,
     #[serde(default)]
     heading: Option<f64>,
+    // Checked by `Attributes::parse`; a wrong one takes the slow path to be explained.
+    #[serde(default)]
+    attributes: Option<Value>,
 }
 
 /// Parses one position object given as JSON text (an array element, or a `gpscoords` value).
 pub fn parse_element(raw: &str) -> Element<'_> {
     // Almost every position is well formed: deserialize it straight into its fields, and only
     // take the slower generic path to explain exactly what is wrong with one that is not.
-    if let Ok(f) = serde_json::from_str::<Fast>(raw) {
+    if let Some((f, attributes)) = serde_json::from_str::<Fast>(raw).ok().and_then(|f| {
+        let a = f.attributes.as_ref().map_or(Ok(None), Attributes::parse).ok()?;
+        Some((f, a))
+    }) {
         let parsed = WirePosition {
             obu_id: f.obu_id,
             seq: Some(f.seq),
@@ -108,6 +117,7 @@ pub fn parse_element(raw: &str) -> Element<'_> {
             lon: f.lon,
             speed: f.speed,
             heading: f.heading,
+            attributes,
             legacy: false,
         };
         return Element { raw, parsed: Ok(parsed), obu_id: Some(f.obu_id), seq: Some(f.seq) };
@@ -151,7 +161,8 @@ pub fn parse_element(raw: &str) -> Element<'_> {
         let lon = required(&map, "lon").and_then(|v| as_f64("lon", v))?;
         let speed = optional(&map, "speed").map(|v| as_f64("speed", v)).transpose()?;
         let heading = optional(&map, "heading").map(|v| as_f64("heading", v)).transpose()?;
-        Ok(WirePosition { obu_id, seq, ts, lat, lon, speed, heading, legacy })
+        let attributes = optional(&map, "attributes").map(Attributes::parse).transpose()?.flatten();
+        Ok(WirePosition { obu_id, seq, ts, lat, lon, speed, heading, attributes, legacy })
     })();
     Element { raw, parsed, obu_id: obu_id.ok(), seq: seq.ok().flatten() }
 }
@@ -170,7 +181,7 @@ fn optional<'m>(map: &'m Map<String, Value>, field: &str) -> Option<&'m Value> {
     map.get(field).filter(|v| !v.is_null())
 }
 
-fn kind(v: &Value) -> &'static str {
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -284,9 +295,19 @@ mod tests {
                 lon: 13.405,
                 speed: Some(42.5),
                 heading: Some(90.0),
+                attributes: None,
                 legacy: false
             })
         );
+    }
+
+    #[test]
+    fn attributes_are_parsed_and_checked() {
+        let p = one(r#"{"obu_id":7,"seq":3,"ts":1,"lat":1,"lon":1,"attributes":{"ignition":false,"alarm":"sos","x":1}}"#);
+        let a = p.ok().and_then(|p| p.attributes).unwrap_or_default();
+        assert_eq!((a.ignition, a.alarm.as_deref(), a.other.len()), (Some(false), Some("sos"), 1));
+        let bad = one(r#"{"obu_id":7,"seq":3,"ts":1,"lat":1,"lon":1,"attributes":{"ignition":1}}"#);
+        assert_eq!(bad.err().map(|r| r.message), Some("`attributes.ignition` must be a boolean, got a number".to_string()));
     }
 
     #[test]

@@ -183,6 +183,11 @@ pub struct Config {
     #[arg(long, env = "SIM_DUPLICATE_RATIO", default_value_t = 0.0)]
     pub duplicate_ratio: f64,
 
+    /// Share of positions carrying an alarm attribute (`sos`, `power_cut` or `tamper`), which
+    /// the processor turns into `alarm` events.
+    #[arg(long, env = "SIM_ALARM_RATIO", default_value_t = 0.0)]
+    pub alarm_ratio: f64,
+
     /// Share of vehicles speaking the seed's legacy `{"obuid","lat","lon"}` form.
     #[arg(long, env = "SIM_LEGACY_RATIO", default_value_t = 0.0)]
     pub legacy_ratio: f64,

@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use fleetstream_core::frames::ServerFrame;
-use fleetstream_core::{now_ms, Position};
+use fleetstream_core::{now_ms, Attributes, Position};
 
 use crate::config::{Config, Fault, Mode};
 use crate::movement::{Fix, Limits, Vehicle};
@@ -346,7 +346,7 @@ impl Lane {
                     let v = &self.vehicles[i];
                     // A slow zig-zag of ~1 m per position: plausible for the processor at any rate.
                     let step = (v.next_seq % 200).abs_diff(100) as f64 * 0.00001;
-                    let fix = Fix { lat: v.base.0 + step, lon: v.base.1 + step, speed: 30.0, heading: 45.0 };
+                    let fix = Fix { lat: v.base.0 + step, lon: v.base.1 + step, speed: 30.0, heading: 45.0, ignition: None };
                     self.emit(i, fix);
                 }
             }
@@ -364,6 +364,8 @@ impl Lane {
             None
         };
         let duplicate = config.duplicate_ratio > 0.0 && self.rng.random_bool(config.duplicate_ratio.clamp(0.0, 1.0));
+        let alarm = (config.alarm_ratio > 0.0 && self.rng.random_bool(config.alarm_ratio.clamp(0.0, 1.0)))
+            .then(|| ["sos", "power_cut", "tamper"][self.rng.random_range(0..3)].to_string());
         let v = &mut self.vehicles[i];
         let (obu, legacy) = (v.obu_id, v.legacy);
         // Structural faults are extra frames the receiver refuses, so they use no seq. They are
@@ -401,6 +403,8 @@ impl Lane {
             speed: Some(rounded(fix.speed, 1)),
             // 359.96 rounds to 360.0, which is not a heading: it is 0.0.
             heading: Some(rounded(fix.heading, 1) % 360.0),
+            attributes: (fix.ignition.is_some() || alarm.is_some())
+                .then(|| Attributes { ignition: fix.ignition, alarm, ..Attributes::default() }),
         };
         let text = match position_json(&position, legacy) {
             Ok(text) => text,

@@ -31,6 +31,8 @@ pub struct Fix {
     pub speed: f64,
     /// degrees
     pub heading: f64,
+    /// Ignition, where the model knows it: off while parked.
+    pub ignition: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +48,8 @@ pub struct Vehicle {
     route: Vec<(f64, f64)>,
     next: usize,
     stopped_for: f64,
+    /// A long stop with the ignition off (which ends a trip), not a short halt.
+    parked: bool,
 }
 
 impl Vehicle {
@@ -63,6 +67,7 @@ impl Vehicle {
             route: Vec::new(),
             next: 0,
             stopped_for: 0.0,
+            parked: false,
             rng,
         };
         v.new_route();
@@ -88,7 +93,7 @@ impl Vehicle {
         let noise = self.limits.noise_m;
         let (dn, de) = (self.rng.random_range(-noise..=noise), self.rng.random_range(-noise..=noise));
         let (lat, lon) = self.area.clamp(self.lat + dn / M_PER_DEG, self.lon + de / (M_PER_DEG * self.lat.to_radians().cos()));
-        Fix { lat, lon, speed: self.speed * 3.6, heading: self.heading }
+        Fix { lat, lon, speed: self.speed * 3.6, heading: self.heading, ignition: Some(!self.parked) }
     }
 
     fn step(&mut self, dt: f64) {
@@ -96,6 +101,7 @@ impl Vehicle {
             self.speed = 0.0;
             self.stopped_for -= dt;
             if self.stopped_for <= 0.0 {
+                self.parked = false;
                 self.new_route();
             }
             return;
@@ -127,7 +133,9 @@ impl Vehicle {
             self.next += 1;
             if self.next == self.route.len() {
                 self.speed = 0.0;
-                self.stopped_for = self.rng.random_range(5.0..30.0);
+                // One route end in five is the end of a trip: parked for minutes, ignition off.
+                self.parked = self.rng.random_bool(0.2);
+                self.stopped_for = if self.parked { self.rng.random_range(360.0..900.0) } else { self.rng.random_range(5.0..30.0) };
                 self.next = self.route.len() - 1;
             }
         } else {

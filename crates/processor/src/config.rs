@@ -6,6 +6,7 @@ use std::time::Duration;
 use fleetstream_core::kafka::{KafkaArgs, ProducerArgs};
 use fleetstream_core::telemetry::LogArgs;
 
+use crate::fleet::EventRules;
 use crate::rules::Rules;
 
 /// How the processor keeps exactly-once.
@@ -45,6 +46,20 @@ pub struct Config {
     /// Dead-letter topic for invalid records.
     #[arg(long, env = "PROCESSOR_DLQ_TOPIC", default_value = fleetstream_core::topics::DLQ)]
     pub dlq_topic: String,
+
+    /// Topic fleet events go to (key = obu_id).
+    #[arg(long, env = "PROCESSOR_EVENTS_TOPIC", default_value = fleetstream_core::topics::EVENTS)]
+    pub events_topic: String,
+
+    /// Compacted topic of geofences (key = fence id, value = GeoJSON Feature) every processor
+    /// follows; the tracker's API writes it.
+    #[arg(long, env = "PROCESSOR_GEOFENCES_TOPIC", default_value = fleetstream_core::topics::GEOFENCES)]
+    pub geofences_topic: String,
+
+    /// A GeoJSON FeatureCollection of fences to load at start-up (for demos), besides those of
+    /// the geofences topic (which win on the same id).
+    #[arg(long, env = "PROCESSOR_GEOFENCES")]
+    pub geofences: Option<std::path::PathBuf>,
 
     /// Create missing output topics at start-up (same partition count as the input;
     /// `vehicle-latest` compacted). Off when topics are managed elsewhere.
@@ -95,6 +110,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub rules: Rules,
+
+    #[command(flatten)]
+    pub events: EventRules,
 
     #[command(flatten)]
     pub kafka: KafkaArgs,

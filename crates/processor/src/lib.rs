@@ -12,6 +12,8 @@
 //! ```
 
 mod config;
+pub mod fleet;
+mod geofences;
 mod judge;
 mod metrics;
 mod outputs;
@@ -40,6 +42,7 @@ pub struct Application {
     config: Arc<Config>,
     listener: TcpListener,
     clients: pipeline::Clients,
+    geofences: geofences::Geofences,
     metrics: Metrics,
     health: Health,
 }
@@ -72,12 +75,15 @@ impl Application {
                 TopicSpec::new(&config.positions_topic, input_partitions),
                 TopicSpec::new(&config.latest_topic, input_partitions).config("cleanup.policy", "compact"),
                 TopicSpec::new(&config.dlq_topic, input_partitions),
+                TopicSpec::new(&config.events_topic, input_partitions),
+                // Few fences, read whole by every processor: one partition keeps them in order.
+                TopicSpec::new(&config.geofences_topic, 1).config("cleanup.policy", "compact"),
             ];
             ensure_topics(&config.kafka.admin()?, &specs).await?;
         }
         // Input partition p is written to partition p of every output: that is what lets a
         // restarted processor find what it already wrote.
-        for topic in [&config.positions_topic, &config.latest_topic, &config.dlq_topic] {
+        for topic in [&config.positions_topic, &config.latest_topic, &config.dlq_topic, &config.events_topic] {
             match partitions_of(&config.kafka, topic).await? {
                 None => bail!("output topic {topic} does not exist (or pass --create-topics true)"),
                 Some(n) if n < input_partitions => bail!(
@@ -94,6 +100,7 @@ impl Application {
             ExactlyOnce::Rebuild => None,
             ExactlyOnce::Transactions => Some(config.transactional_id.clone().unwrap_or_else(|| default_transactional_id(&config.group_id, port))),
         };
+        let geofences = geofences::follow(&config, &metrics).await?;
         let clients = pipeline::Clients::connect(&config, transactional_id.as_deref(), &metrics).await?;
         tracing::info!(
             addr = %listener.local_addr()?,
@@ -104,9 +111,10 @@ impl Application {
             partitions = input_partitions,
             exactly_once = ?config.exactly_once,
             transactional_id = transactional_id.as_deref().unwrap_or("-"),
+            geofences = geofences.current().len(),
             "processor started"
         );
-        Ok(Application { config: Arc::new(config), listener, clients, metrics, health: Health::new() })
+        Ok(Application { config: Arc::new(config), listener, clients, geofences, metrics, health: Health::new() })
     }
 
     /// The bound ops port.
@@ -129,7 +137,7 @@ impl Application {
         });
         self.health.set_ready();
         let progress = pipeline::Progress::default();
-        let pipeline = pipeline::Pipeline::new(self.config.clone(), self.clients, self.metrics.clone(), self.health.clone(), token.clone(), progress.clone());
+        let pipeline = pipeline::Pipeline::new(self.config.clone(), self.clients, self.geofences, self.metrics.clone(), self.health.clone(), token.clone(), progress.clone());
         let watchdog = tokio::spawn(watch(progress, self.health.clone(), token.clone()));
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()

@@ -28,6 +28,10 @@ pub struct Metrics {
     pub aborts: IntCounter,
     pub fenced: IntCounter,
     pub producers_renewed: IntCounter,
+    pub events: IntCounterVec,
+    pub geofences: IntGauge,
+    pub geofences_invalid: IntCounter,
+    pub geofence_lookup_seconds: Histogram,
 }
 
 impl Metrics {
@@ -43,6 +47,9 @@ impl Metrics {
         }
         for kind in ["assign", "revoke"] {
             m.rebalances.with_label_values(&[kind]);
+        }
+        for kind in fleetstream_core::events::TYPES {
+            m.events.with_label_values(&[kind]);
         }
         m
     }
@@ -72,6 +79,10 @@ impl Metrics {
             aborts: t::counter(&r, "fleetstream_processor_transactions_aborted_total", "Transactions aborted after a failure; their batches were rewound and retried."),
             fenced: t::counter(&r, "fleetstream_processor_commits_refused_total", "Batches not committed because this member may have left the group (assignment lost, or a batch older than the session allows)."),
             producers_renewed: t::counter(&r, "fleetstream_processor_producers_renewed_total", "Transactional producers made again after Kafka fenced them (a transaction outlived its timeout)."),
+            events: t::counter_vec(&r, "fleetstream_processor_events_total", "Fleet events written to the events topic, by type.", &["type"]),
+            geofences: t::gauge(&r, "fleetstream_processor_geofences", "Geofences loaded (from --geofences and the geofences topic)."),
+            geofences_invalid: t::counter(&r, "fleetstream_processor_geofences_invalid_total", "Records of the geofences topic ignored because they are not a valid fence."),
+            geofence_lookup_seconds: t::histogram(&r, "fleetstream_processor_geofence_lookup_seconds", "Time to find the fences holding one position (R-tree, then point in polygon).", &[1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2]),
             registry: r,
         }
     }

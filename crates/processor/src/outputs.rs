@@ -5,7 +5,10 @@
 //! owner of p find what was already written for it.
 //! - `positions`: the enriched position, key = obu_id, timestamp = device time, headers
 //!   `fleetstream.src.partition` / `fleetstream.src.offset` = the raw record it came from;
-//! - `vehicle-latest` (compacted): the vehicle's latest position and duplicate window;
+//! - `vehicle-latest` (compacted): the vehicle's latest position, duplicate window and event
+//!   state;
+//! - `events`: the fleet events, key = obu_id, timestamp = event time, header
+//!   `fleetstream.event.type`;
 //! - the DLQ: the raw bytes and key, with the dead-letter headers of [`fleetstream_core::dlq`]
 //!   naming the raw record's topic, partition and offset.
 
@@ -13,6 +16,7 @@ use rdkafka::message::Message;
 
 use fleetstream_core::dlq::{self, DeadLetter, Origin};
 use fleetstream_core::publish::{headers, Outgoing};
+use fleetstream_core::events::Event;
 use fleetstream_core::reason::Rejection;
 use fleetstream_core::{ProcessedPosition, VehicleLatest};
 
@@ -25,6 +29,7 @@ pub struct Layout {
     positions: String,
     latest: String,
     dlq: String,
+    events: String,
     group: String,
 }
 
@@ -35,6 +40,7 @@ impl Layout {
             positions: config.positions_topic.clone(),
             latest: config.latest_topic.clone(),
             dlq: config.dlq_topic.clone(),
+            events: config.events_topic.clone(),
             group: config.group_id.clone(),
         }
     }
@@ -56,6 +62,7 @@ impl Layout {
     }
 
 
+
     // --- writing -------------------------------------------------------------------------
 
     /// A valid position, from input `partition` at `offset`.
@@ -72,6 +79,14 @@ impl Layout {
         Outgoing::for_vehicle(&self.latest, latest.position.obu_id, payload)
             .partition(partition)
             .timestamp(latest.position.ts)
+    }
+
+    /// A fleet event of a vehicle of input `partition`.
+    pub fn event<'a>(&'a self, partition: i32, event: &Event) -> Outgoing<'a> {
+        Outgoing::for_vehicle(&self.events, event.obu_id, event.to_json())
+            .partition(partition)
+            .timestamp(event.ts)
+            .header(headers::EVENT_TYPE, event.type_name())
     }
 
     /// An invalid raw record, dead-lettered with why.

@@ -15,7 +15,7 @@
 //! again after a backoff, so rebalances that happened meanwhile are seen first. Rebalances
 //! happen inside `poll`, i.e. only between batches, when nothing is in flight.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,15 +34,20 @@ use fleetstream_core::telemetry::Throttle;
 use fleetstream_core::now_ms;
 use fleetstream_core::publish::{delivered, Outgoing, PublishError, Publisher};
 use fleetstream_core::reason::Reason;
+use fleetstream_core::events::Event;
 use fleetstream_core::ProcessedPosition;
 
 use crate::config::ExactlyOnce;
-use crate::judge::{decide, Decision};
+use crate::geofences::Geofences;
+use crate::judge::{decide, Decision, Judge};
 use crate::metrics::Metrics;
 use crate::outputs::Layout;
 use crate::rebalance::{Context, Events, RebalanceEvent};
 use crate::restore::{self, PartitionState};
 use crate::config::Config;
+
+/// How often vehicles are checked for silence (`offline`).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// A partition with a backlog that delivers nothing for this long is sought again.
 const STALLED_FETCH: Duration = Duration::from_secs(30);
@@ -197,7 +202,11 @@ struct Tally {
     duplicates: u64,
     replayed: u64,
     latest: u64,
+    events: Vec<&'static str>,
 }
+
+/// Events of the timers (`offline`) by partition.
+type TimerEvents = BTreeMap<i32, Vec<Event>>;
 
 /// The loop and everything it keeps between batches.
 pub(crate) struct Pipeline {
@@ -225,6 +234,9 @@ pub(crate) struct Pipeline {
     progress: Progress,
     /// When the consumer last delivered a record.
     last_record: Instant,
+    geofences: Geofences,
+    /// When vehicles were last checked for silence.
+    last_sweep: Instant,
 }
 
 /// Which step the loop is in, and since when: a watchdog reports a loop stuck in one step (a
@@ -252,7 +264,7 @@ impl Progress {
 }
 
 impl Pipeline {
-    pub(crate) fn new(config: Arc<Config>, clients: Clients, metrics: Metrics, health: Health, shutdown: CancellationToken, progress: Progress) -> Self {
+    pub(crate) fn new(config: Arc<Config>, clients: Clients, geofences: Geofences, metrics: Metrics, health: Health, shutdown: CancellationToken, progress: Progress) -> Self {
         let Clients { consumer, producer, producer_config, reader, events } = clients;
         Pipeline {
             layout: Layout::new(&config),
@@ -274,6 +286,8 @@ impl Pipeline {
             consumer_errors: Throttle::new(Duration::from_secs(5)),
             progress,
             last_record: Instant::now(),
+            geofences,
+            last_sweep: Instant::now(),
         }
     }
 
@@ -291,8 +305,12 @@ impl Pipeline {
             if self.handle_rebalances(&mut batch).is_err() {
                 break;
             }
-            if !batch.is_empty() {
-                match self.process(batch, started) {
+            let sweep = self.last_sweep.elapsed() >= SWEEP_EVERY;
+            if sweep {
+                self.last_sweep = Instant::now();
+            }
+            if !batch.is_empty() || sweep {
+                match self.process(batch, started, sweep) {
                     Ok(()) => {}
                     Err(Stop::Shutdown) => break,
                     Err(Stop::Fatal(why)) => {
@@ -396,15 +414,20 @@ impl Pipeline {
         committed.unwrap_or_else(|| self.consumer.fetch_watermarks(input, p, Duration::from_secs(10)).map(|(low, _)| low).unwrap_or(0))
     }
 
-    /// Takes one batch to its commit, or rewinds it for another try.
-    fn process(&mut self, batch: Vec<OwnedMessage>, started: Instant) -> Result<(), Stop> {
-        self.metrics.consumed.inc_by(batch.len() as u64);
-        self.metrics.batch_records.observe(batch.len() as f64);
+    /// Takes one batch (and, if `sweep`, the timers' events) to its commit, or rewinds it for
+    /// another try.
+    fn process(&mut self, batch: Vec<OwnedMessage>, started: Instant, sweep: bool) -> Result<(), Stop> {
+        if !batch.is_empty() {
+            self.metrics.consumed.inc_by(batch.len() as u64);
+            self.metrics.batch_records.observe(batch.len() as f64);
+        }
         let by_partition = self.group(batch);
-        if by_partition.is_empty() {
+        let mut timer_partitions = BTreeSet::new();
+        let result = self.attempt(&by_partition, started, sweep, &mut timer_partitions);
+        if by_partition.is_empty() && timer_partitions.is_empty() {
             return Ok(());
         }
-        match self.attempt(&by_partition, started) {
+        match result {
             Ok(tally) => {
                 self.failures = 0;
                 self.mark_committed(&by_partition);
@@ -418,7 +441,7 @@ impl Pipeline {
                 self.metrics.retries.with_label_values(&["produce"]).inc();
                 self.health.set_not_ready(format!("writing outputs failed: {why}"));
                 tracing::warn!(error = %why, failures = self.failures, "batch failed; rewinding to retry it");
-                self.rewind(&by_partition);
+                self.rewind(&by_partition, &timer_partitions);
                 if self.backoff(self.failures) {
                     Ok(())
                 } else {
@@ -428,12 +451,12 @@ impl Pipeline {
             Err(BatchError::Fenced(why)) => {
                 tracing::warn!(error = %why, "the transactional producer was fenced; making it again and retrying the batch");
                 self.note_fencing();
-                self.rewind(&by_partition);
+                self.rewind(&by_partition, &timer_partitions);
                 self.renew_producer()
             }
             Err(BatchError::Stuck(why)) => {
                 tracing::warn!(error = %why, "making the transactional producer again and retrying the batch");
-                self.rewind(&by_partition);
+                self.rewind(&by_partition, &timer_partitions);
                 self.renew_producer()
             }
             Err(BatchError::Stopped) => Err(Stop::Shutdown),
@@ -504,8 +527,9 @@ impl Pipeline {
         by_partition
     }
 
-    /// One try at a batch: state, decisions, outputs, commit.
-    fn attempt(&mut self, by_partition: &ByPartition, started: Instant) -> Result<Tally, BatchError> {
+    /// One try at a batch: state, decisions, timers (if `sweep`; the partitions whose state
+    /// they changed go to `timer_partitions`), outputs, commit.
+    fn attempt(&mut self, by_partition: &ByPartition, started: Instant, sweep: bool, timer_partitions: &mut BTreeSet<i32>) -> Result<Tally, BatchError> {
         for (p, msgs) in by_partition {
             if !self.partitions.contains_key(p) {
                 let resume_from = msgs.first().map(|m| m.offset()).unwrap_or(0);
@@ -515,11 +539,17 @@ impl Pipeline {
         }
         let t_decide = Instant::now();
         let decisions = self.decide(by_partition);
+        let timers = if sweep { self.sweep()? } else { TimerEvents::new() };
+        timer_partitions.extend(timers.keys());
+        if by_partition.is_empty() && timers.is_empty() {
+            return Ok(Tally::default());
+        }
+        let touched: BTreeSet<i32> = by_partition.keys().chain(timers.keys()).copied().collect();
         let t_write = Instant::now();
         let tally = if self.transactional() {
-            self.commit_in_transaction(by_partition, &decisions)?
+            self.commit_in_transaction(by_partition, &decisions, &timers, &touched)?
         } else {
-            self.write_then_commit(by_partition, &decisions)?
+            self.write_then_commit(by_partition, &decisions, &timers, &touched)?
         };
         if started.elapsed() > Duration::from_secs(5) {
             tracing::warn!(secs = started.elapsed().as_secs_f64(), "slow batch (a broker failover or an overloaded broker?)");
@@ -534,9 +564,38 @@ impl Pipeline {
         Ok(tally)
     }
 
+    /// The `offline` events of vehicles silent for too long, by partition. Partitions whose
+    /// state was dropped after a failed batch are restored first: their vehicles' silence
+    /// counts too.
+    fn sweep(&mut self) -> Result<TimerEvents, BatchError> {
+        let missing: Vec<i32> = self.assigned.iter().filter(|p| !self.partitions.contains_key(p)).copied().collect();
+        for p in missing {
+            let resume_from = match self.next_offset.get(&p) {
+                Some(o) => *o,
+                None => self.resume_point(p),
+            };
+            let state = self.load(p, resume_from)?;
+            self.partitions.insert(p, state);
+        }
+        let now = now_ms();
+        let rules = &self.config.events;
+        let mut timers = TimerEvents::new();
+        for (p, state) in &mut self.partitions {
+            for v in state.vehicles.values_mut() {
+                let events = rules.on_timer(&mut v.fleet, &v.latest, now);
+                if !events.is_empty() {
+                    v.dirty = true;
+                    timers.entry(*p).or_default().extend(events);
+                }
+            }
+        }
+        Ok(timers)
+    }
+
     /// Judges every record; each partition on its own thread.
     fn decide(&mut self, by_partition: &ByPartition) -> HashMap<i32, Vec<Decision>> {
-        let rules = &self.config.rules;
+        let fences = self.geofences.current();
+        let judge = Judge { rules: &self.config.rules, events: &self.config.events, fences: &fences, lookups: Some(&self.metrics.geofence_lookup_seconds) };
         let now = now_ms();
         let mut work: Vec<(i32, &mut PartitionState, &Vec<OwnedMessage>)> = self
             .partitions
@@ -548,27 +607,29 @@ impl Pipeline {
                 .iter_mut()
                 .map(|(p, state, msgs)| {
                     let p = *p;
-                    scope.spawn(move || (p, msgs.iter().map(|m| decide(rules, state, m, now)).collect::<Vec<_>>()))
+                    scope.spawn(move || (p, msgs.iter().map(|m| decide(judge, state, m, now)).collect::<Vec<_>>()))
                 })
                 .collect();
             handles.into_iter().filter_map(|h| h.join().ok()).collect()
         })
     }
 
-    /// The transactional commit: outputs, latest states and offsets, atomically.
-    fn commit_in_transaction(&mut self, by_partition: &ByPartition, decisions: &HashMap<i32, Vec<Decision>>) -> Result<Tally, BatchError> {
+    /// The transactional commit: outputs, events, latest states and offsets, atomically.
+    fn commit_in_transaction(&mut self, by_partition: &ByPartition, decisions: &HashMap<i32, Vec<Decision>>, timers: &TimerEvents, touched: &BTreeSet<i32>) -> Result<Tally, BatchError> {
         let producer = self.publisher.producer().clone();
         let p = producer.clone();
         self.progress.at("begin_transaction");
         bounded("begin_transaction", move || p.begin_transaction())??;
         let result = (|| {
-            let mut tally = self.write_outputs(by_partition, decisions)?;
-            tally.latest = self.write_latest(by_partition)?;
+            let mut tally = self.write_outputs(by_partition, decisions, timers)?;
+            tally.latest = self.write_latest(touched)?;
             let metadata = self.membership()?;
             let offsets = self.offsets_after(by_partition);
-            let p = producer.clone();
-            self.progress.at("send_offsets_to_transaction");
-            bounded("send_offsets_to_transaction", move || p.send_offsets_to_transaction(&offsets, &metadata, TXN_CALL_TIMEOUT))??;
+            if offsets.count() > 0 {
+                let p = producer.clone();
+                self.progress.at("send_offsets_to_transaction");
+                bounded("send_offsets_to_transaction", move || p.send_offsets_to_transaction(&offsets, &metadata, TXN_CALL_TIMEOUT))??;
+            }
             let p = producer.clone();
             self.progress.at("commit_transaction");
             bounded("commit_transaction", move || p.commit_transaction(TXN_CALL_TIMEOUT))??;
@@ -624,13 +685,17 @@ impl Pipeline {
         Ok(metadata)
     }
 
-    /// Without transactions: outputs acknowledged, then latest states acknowledged, then the
-    /// offsets. A failed commit is not retried: the next owner re-reads those records and the
-    /// restored state recognises them as written.
-    fn write_then_commit(&mut self, by_partition: &ByPartition, decisions: &HashMap<i32, Vec<Decision>>) -> Result<Tally, BatchError> {
-        let mut tally = self.write_outputs(by_partition, decisions)?;
-        tally.latest = self.write_latest(by_partition)?;
-        match self.consumer.commit(&self.offsets_after(by_partition), CommitMode::Sync) {
+    /// Without transactions: events acknowledged, then outputs acknowledged, then latest
+    /// states acknowledged, then the offsets. A failed commit is not retried: the next owner
+    /// re-reads those records and the restored state recognises them as written.
+    fn write_then_commit(&mut self, by_partition: &ByPartition, decisions: &HashMap<i32, Vec<Decision>>, timers: &TimerEvents, touched: &BTreeSet<i32>) -> Result<Tally, BatchError> {
+        let mut tally = self.write_outputs(by_partition, decisions, timers)?;
+        tally.latest = self.write_latest(touched)?;
+        let offsets = self.offsets_after(by_partition);
+        if offsets.count() == 0 {
+            return Ok(tally);
+        }
+        match self.consumer.commit(&offsets, CommitMode::Sync) {
             Ok(()) => {}
             Err(error) => {
                 self.metrics.retries.with_label_values(&["commit"]).inc();
@@ -640,22 +705,29 @@ impl Pipeline {
         Ok(tally)
     }
 
-    /// Writes valid positions and dead letters, and waits for every acknowledgement.
-    fn write_outputs(&self, by_partition: &ByPartition, decisions: &HashMap<i32, Vec<Decision>>) -> Result<Tally, BatchError> {
+    /// Writes valid positions, dead letters and events, and waits for every acknowledgement.
+    /// Without transactions the events go first, each acknowledged: a position in `positions`
+    /// then means its events are in `events`, which is what the state rebuild relies on.
+    fn write_outputs(&self, by_partition: &ByPartition, decisions: &HashMap<i32, Vec<Decision>>, timers: &TimerEvents) -> Result<Tally, BatchError> {
         let mut tally = Tally::default();
         let mut records: Vec<Outgoing<'_>> = Vec::new();
+        let mut events: Vec<Outgoing<'_>> = Vec::new();
         let now = now_ms();
         let attempts = self.failures + 1;
         for (p, msgs) in by_partition {
             let Some(ds) = decisions.get(p) else { continue };
             for (m, d) in msgs.iter().zip(ds) {
                 match d {
-                    Decision::Valid(pos) => {
-                        // A struct of numbers and booleans always serialises.
+                    Decision::Valid(pos, triggered) => {
+                        // A struct of numbers, booleans and JSON values always serialises.
                         let payload = serde_json::to_vec(pos).unwrap_or_default();
                         records.push(self.layout.position(*p, m.offset(), pos, payload));
                         tally.valid += 1;
                         self.observe_latency(pos, now);
+                        for e in triggered {
+                            events.push(self.layout.event(*p, e));
+                            tally.events.push(e.type_name());
+                        }
                     }
                     Decision::Invalid(rejection) => {
                         records.push(self.layout.dead_letter(m, rejection, attempts, now));
@@ -666,15 +738,27 @@ impl Pipeline {
                 }
             }
         }
+        for (p, triggered) in timers {
+            for e in triggered {
+                events.push(self.layout.event(*p, e));
+                tally.events.push(e.type_name());
+            }
+        }
+        if self.transactional() {
+            records.append(&mut events);
+        } else {
+            self.send_all(&events)?;
+        }
         self.send_all(&records)?;
         Ok(tally)
     }
 
-    /// Writes the latest state of every vehicle the batch changed, and waits for it.
-    fn write_latest(&mut self, by_partition: &ByPartition) -> Result<u64, BatchError> {
+    /// Writes the latest state of every vehicle of these partitions that changed, and waits
+    /// for it.
+    fn write_latest(&mut self, partitions: &BTreeSet<i32>) -> Result<u64, BatchError> {
         let mut records = Vec::new();
         let mut written: Vec<(i32, u64)> = Vec::new();
-        for p in by_partition.keys() {
+        for p in partitions {
             let Some(state) = self.partitions.get(p) else { continue };
             for (obu_id, v) in state.vehicles.iter().filter(|(_, v)| v.dirty) {
                 let latest = v.to_latest();
@@ -759,11 +843,18 @@ impl Pipeline {
         self.metrics.duplicates.inc_by(tally.duplicates);
         self.metrics.replayed.inc_by(tally.replayed);
         self.metrics.latest_writes.inc_by(tally.latest);
+        for kind in tally.events {
+            self.metrics.events.with_label_values(&[kind]).inc();
+        }
     }
 
-    /// After a failed batch: forget its partitions' state (rebuilt from Kafka on the next
-    /// try, so that whatever the failed try did write is recognised) and fetch the batch again.
-    fn rewind(&mut self, by_partition: &ByPartition) {
+    /// After a failed batch: forget its partitions' state, and that of the partitions whose
+    /// timers fired (rebuilt from Kafka on the next try, so that whatever the failed try did
+    /// write is recognised) and fetch the batch again.
+    fn rewind(&mut self, by_partition: &ByPartition, timer_partitions: &BTreeSet<i32>) {
+        for p in timer_partitions {
+            self.partitions.remove(p);
+        }
         for (p, msgs) in by_partition {
             self.partitions.remove(p);
             let Some(first) = msgs.first() else { continue };
@@ -780,7 +871,9 @@ impl Pipeline {
         loop {
             self.progress.at("restore");
             let started = Instant::now();
-            match restore::restore(&self.reader, &self.layout, partition, resume_from) {
+            let fences = self.geofences.current();
+            let judge = Judge { rules: &self.config.rules, events: &self.config.events, fences: &fences, lookups: None };
+            match restore::restore(&self.reader, &self.layout, judge, partition, resume_from) {
                 Ok(state) => {
                     self.metrics.state_loads.inc();
                     self.metrics.state_load_seconds.observe(started.elapsed().as_secs_f64());

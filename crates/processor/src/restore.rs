@@ -23,6 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use fleetstream_core::telemetry::Throttle;
 
+use crate::judge::{self, Judge};
 use crate::outputs::Layout;
 use crate::state::VehicleState;
 use crate::config::Config;
@@ -85,7 +86,10 @@ pub fn reader(config: &Config) -> anyhow::Result<Reader> {
     client.create_with_context(context).context("cannot create state reader")
 }
 
-pub fn restore(reader: &Reader, layout: &Layout, partition: i32, resume_from: i64) -> anyhow::Result<PartitionState> {
+/// `judge` replays the event rules over positions written after the last commit (without
+/// transactions), so the event state matches what was written: their events were written
+/// before them.
+pub(crate) fn restore(reader: &Reader, layout: &Layout, judge: Judge<'_>, partition: i32, resume_from: i64) -> anyhow::Result<PartitionState> {
     let mut state = PartitionState::default();
 
     let (low, high) = stable_watermarks(reader, layout.latest(), partition)?;
@@ -99,12 +103,7 @@ pub fn restore(reader: &Reader, layout: &Layout, partition: i32, resume_from: i6
     for (src_offset, position) in tail {
         state.written.insert(src_offset);
         if let Some(p) = position {
-            match state.vehicles.get_mut(&p.obu_id) {
-                Some(v) => v.apply(p),
-                None => {
-                    state.vehicles.insert(p.obu_id, VehicleState::new(p));
-                }
-            }
+            judge::advance(judge, &mut state.vehicles, &p, p.processed_at);
         }
     }
 

@@ -166,6 +166,7 @@ impl Rules {
             received_at,
             processed_at: now_ms,
             out_of_order,
+            attributes: p.attributes.clone(),
         }
     }
 }
@@ -187,7 +188,7 @@ mod tests {
     }
 
     fn pos(seq: u64, ts: i64, lat: f64, lon: f64) -> Position {
-        Position { obu_id: 1, seq, ts, lat, lon, speed: None, heading: None }
+        Position { obu_id: 1, seq, ts, lat, lon, speed: None, heading: None, attributes: None }
     }
 
     fn reason(v: Verdict) -> Option<Reason> {

@@ -9,6 +9,7 @@
 //! went through, is judged right however far behind they are; only the number of gaps is
 //! bounded ([`MAX_GAPS`]), and a seq below the oldest gap still remembered is too old to tell.
 
+use fleetstream_core::events::FleetState;
 use fleetstream_core::position::VehicleLatest;
 use fleetstream_core::ProcessedPosition;
 
@@ -36,6 +37,8 @@ pub struct VehicleState {
     gaps: Vec<(u64, u64)>,
     /// Seqs below this are no longer tracked.
     horizon: u64,
+    /// What the event rules remember (see `fleet`).
+    pub fleet: FleetState,
     /// Changed since the last `vehicle-latest` write.
     pub dirty: bool,
 }
@@ -44,11 +47,11 @@ impl VehicleState {
     /// The state after a vehicle's first position: every seq below it may still come late.
     pub fn new(latest: ProcessedPosition) -> Self {
         let gaps = if latest.seq > 0 { vec![(0, latest.seq - 1)] } else { Vec::new() };
-        VehicleState { latest, gaps, horizon: 0, dirty: true }
+        VehicleState { latest, gaps, horizon: 0, fleet: FleetState::default(), dirty: true }
     }
 
     pub fn from_latest(record: VehicleLatest) -> Self {
-        let VehicleLatest { position, gaps, horizon, seen_below } = record;
+        let VehicleLatest { position, gaps, horizon, seen_below, fleet } = record;
         let (gaps, horizon) = match seen_below {
             // Written before gaps were kept: the 64 seqs below the latest as a bit map.
             Some(bits) if gaps.is_empty() => {
@@ -62,7 +65,7 @@ impl VehicleState {
             }
             _ => (gaps, horizon),
         };
-        let mut state = VehicleState { latest: position, gaps: Vec::new(), horizon, dirty: false };
+        let mut state = VehicleState { latest: position, gaps: Vec::new(), horizon, fleet, dirty: false };
         for (from, to) in gaps {
             state.add_gap(from, to);
         }
@@ -70,7 +73,7 @@ impl VehicleState {
     }
 
     pub fn to_latest(&self) -> VehicleLatest {
-        VehicleLatest { position: self.latest.clone(), gaps: self.gaps.clone(), horizon: self.horizon, seen_below: None }
+        VehicleLatest { position: self.latest.clone(), gaps: self.gaps.clone(), horizon: self.horizon, seen_below: None, fleet: self.fleet.clone() }
     }
 
     /// The oldest seq still tracked.
@@ -168,6 +171,7 @@ pub(crate) mod tests {
             received_at: None,
             processed_at: 0,
             out_of_order: false,
+            attributes: None,
         }
     }
 
@@ -215,7 +219,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_old_bit_map_form_is_read() {
-        let record = VehicleLatest { position: p(100), gaps: Vec::new(), horizon: 0, seen_below: Some(!0b101) };
+        let record = VehicleLatest { position: p(100), gaps: Vec::new(), horizon: 0, seen_below: Some(!0b101), fleet: FleetState::default() };
         let s = VehicleState::from_latest(record);
         assert_eq!(s.verdict(99), SeqVerdict::Late, "bit 0 clear: 99 never seen");
         assert_eq!(s.verdict(98), SeqVerdict::Duplicate);

@@ -133,11 +133,15 @@ impl Broker {
             positions: unique("positions"),
             latest: unique("vehicle-latest"),
             dlq: unique("gpscoords-dlq"),
+            events: unique("events"),
+            geofences: unique("geofences"),
         };
         self.create_topic(&t.raw, partitions, &[]).await?;
         self.create_topic(&t.positions, partitions, &[]).await?;
         self.create_topic(&t.latest, partitions, &[("cleanup.policy", "compact")]).await?;
         self.create_topic(&t.dlq, partitions, &[]).await?;
+        self.create_topic(&t.events, partitions, &[]).await?;
+        self.create_topic(&t.geofences, 1, &[("cleanup.policy", "compact")]).await?;
         Ok(t)
     }
 
@@ -336,6 +340,22 @@ pub struct Topics {
     pub positions: String,
     pub latest: String,
     pub dlq: String,
+    pub events: String,
+    pub geofences: String,
+}
+
+impl Topics {
+    /// The processor's topic flags for these topics.
+    pub fn processor_flags(&self) -> Vec<String> {
+        vec![
+            format!("--input-topic={}", self.raw),
+            format!("--positions-topic={}", self.positions),
+            format!("--latest-topic={}", self.latest),
+            format!("--dlq-topic={}", self.dlq),
+            format!("--events-topic={}", self.events),
+            format!("--geofences-topic={}", self.geofences),
+        ]
+    }
 }
 
 /// A record as read back.

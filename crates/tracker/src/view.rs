@@ -70,6 +70,7 @@ mod tests {
             received_at: None,
             processed_at: NOW,
             out_of_order: false,
+            attributes: None,
         };
         let json = |v: VehicleView<'_>| serde_json::to_value(v).expect("a view serializes");
         let v = json(VehicleView::at(&p, NOW, Duration::from_secs(60)));

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod catalogue;
+mod events;
 mod failures;
 mod helpers;
 mod transactions;

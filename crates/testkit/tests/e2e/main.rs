@@ -42,11 +42,8 @@ pub async fn processor(broker: &Broker, topics: &Topics, group: &str, extra: &[&
         "--listen=127.0.0.1:0".into(),
         format!("--kafka-brokers={}", broker.brokers()),
         format!("--group-id={group}"),
-        format!("--input-topic={}", topics.raw),
-        format!("--positions-topic={}", topics.positions),
-        format!("--latest-topic={}", topics.latest),
-        format!("--dlq-topic={}", topics.dlq),
     ];
+    args.extend(topics.processor_flags());
     args.extend(extra.iter().map(|a| a.to_string()));
     let app = fleetstream_processor::Application::build(parse(args)).await.expect("the processor starts");
     let registry = app.metrics().registry;

@@ -180,6 +180,7 @@ mod tests {
             received_at: None,
             processed_at: 0,
             out_of_order,
+            attributes: None,
         }
     }
 

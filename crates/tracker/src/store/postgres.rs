@@ -336,5 +336,6 @@ fn row_to_position(r: &Row, with_out_of_order: bool) -> Result<ProcessedPosition
         received_at: r.try_get(10)?,
         processed_at: r.try_get(11)?,
         out_of_order: if with_out_of_order { r.try_get(12)? } else { false },
+        attributes: None,
     })
 }

@@ -310,5 +310,6 @@ fn row_to_position(r: &Row<'_>, with_out_of_order: bool) -> rusqlite::Result<Pro
         received_at: r.get(10)?,
         processed_at: r.get(11)?,
         out_of_order: if with_out_of_order { r.get(12)? } else { false },
+        attributes: None,
     })
 }

@@ -176,6 +176,7 @@ pub fn position(obu_id: u64, seq: u64, ts: i64, lat: f64, lon: f64) -> Processed
         received_at: Some(ts + 5),
         processed_at: ts + 9,
         out_of_order: false,
+        attributes: None,
     }
 }
 
@@ -190,7 +191,7 @@ pub async fn produce_positions(producer: &FutureProducer, topic: &str, positions
 
 pub async fn produce_latest(producer: &FutureProducer, topic: &str, positions: &[ProcessedPosition]) {
     for p in positions {
-        let latest = VehicleLatest { position: p.clone(), gaps: Vec::new(), horizon: 0, seen_below: None };
+        let latest = VehicleLatest { position: p.clone(), gaps: Vec::new(), horizon: 0, seen_below: None, fleet: Default::default() };
         let payload = serde_json::to_vec(&latest).unwrap_or_else(|e| panic!("{e}"));
         fleetstream_testkit::produce_with(producer, topic, Some(&p.obu_id.to_string()), &payload, &[])
             .await
