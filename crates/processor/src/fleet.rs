@@ -103,8 +103,12 @@ impl EventRules {
 
     /// `offline` for a vehicle silent for `--offline-after` by `now`, whose latest position is
     /// `latest`; a trip in progress ends with it (a parked vehicle often stops reporting).
-    pub fn on_timer(&self, state: &mut FleetState, latest: &ProcessedPosition, now: i64) -> Vec<Event> {
-        if !state.online || now.saturating_sub(state.heard_at) < ms(self.offline_after) {
+    /// Silence counts from `listening_since` at the earliest: a processor that just took the
+    /// vehicle over (after a restart, a rebalance) has not been listening before, and the
+    /// backlog it works through may hold the vehicle's positions.
+    pub fn on_timer(&self, state: &mut FleetState, latest: &ProcessedPosition, listening_since: i64, now: i64) -> Vec<Event> {
+        let silent_since = state.heard_at.max(listening_since);
+        if !state.online || now.saturating_sub(silent_since) < ms(self.offline_after) {
             return Vec::new();
         }
         let mut out = Emitter { p: latest, now, events: Vec::new() };
@@ -534,12 +538,13 @@ mod tests {
         assert_eq!(names(&events), ["online"]);
         let last = r.positions[r.positions.len() - 1].clone();
         let heard = last.processed_at;
-        assert!(rules.on_timer(&mut state, &last, heard + 119_000).is_empty(), "not yet");
-        let offline = rules.on_timer(&mut state, &last, heard + 121_000);
+        assert!(rules.on_timer(&mut state, &last, 0, heard + 119_000).is_empty(), "not yet");
+        assert!(rules.on_timer(&mut state, &last, heard + 100_000, heard + 121_000).is_empty(), "taken over 21 s ago: not yet");
+        let offline = rules.on_timer(&mut state, &last, 0, heard + 121_000);
         assert_eq!(names(&offline), ["offline"]);
         assert_eq!((offline[0].seq, offline[0].ts), (last.seq, last.ts), "the last position heard");
         assert!(matches!(offline[0].kind, EventKind::Offline { last_heard_at, .. } if last_heard_at == heard));
-        assert!(rules.on_timer(&mut state, &last, heard + 500_000).is_empty(), "once");
+        assert!(rules.on_timer(&mut state, &last, 0, heard + 500_000).is_empty(), "once");
         r.drive(0.0, 2);
         let back = run(&rules, &fences, &mut state, &r.positions[r.positions.len() - 1..]);
         assert_eq!(names(&back), ["online"]);

@@ -581,8 +581,9 @@ impl Pipeline {
         let rules = &self.config.events;
         let mut timers = TimerEvents::new();
         for (p, state) in &mut self.partitions {
+            let listening_since = state.loaded_at;
             for v in state.vehicles.values_mut() {
-                let events = rules.on_timer(&mut v.fleet, &v.latest, now);
+                let events = rules.on_timer(&mut v.fleet, &v.latest, listening_since, now);
                 if !events.is_empty() {
                     v.dirty = true;
                     timers.entry(*p).or_default().extend(events);

@@ -36,6 +36,9 @@ pub struct PartitionState {
     pub written: HashSet<i64>,
     /// Source offsets at or after the resume point already in the DLQ.
     pub dead_lettered: HashSet<i64>,
+    /// When this processor restored it (its clock, Unix ms): it has heard nothing of these
+    /// vehicles before, so their silence counts from here at the earliest.
+    pub loaded_at: i64,
 }
 
 /// How many records one step of a backward scan reads.
@@ -90,7 +93,7 @@ pub fn reader(config: &Config) -> anyhow::Result<Reader> {
 /// transactions), so the event state matches what was written: their events were written
 /// before them.
 pub(crate) fn restore(reader: &Reader, layout: &Layout, judge: Judge<'_>, partition: i32, resume_from: i64) -> anyhow::Result<PartitionState> {
-    let mut state = PartitionState::default();
+    let mut state = PartitionState { loaded_at: fleetstream_core::now_ms(), ..PartitionState::default() };
 
     let (low, high) = stable_watermarks(reader, layout.latest(), partition)?;
     read_range(reader, layout.latest(), partition, low, high, |m| {
