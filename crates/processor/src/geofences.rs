@@ -143,8 +143,15 @@ impl Follower {
 
     /// Assigns every partition from the start; the offsets that end what exists now.
     fn assign(&self) -> anyhow::Result<HashMap<i32, i64>> {
-        let partitions = partition_count(self.consumer.client(), &self.topic, Duration::from_secs(10))?
-            .with_context(|| format!("geofences topic {} does not exist", self.topic))?;
+        // A topic created a moment ago may not be in every broker's metadata yet.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let partitions = loop {
+            match partition_count(self.consumer.client(), &self.topic, Duration::from_secs(10))? {
+                Some(n) => break n,
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(250)),
+                None => anyhow::bail!("geofences topic {} does not exist (create it, or pass --create-topics true)", self.topic),
+            }
+        };
         let mut tpl = TopicPartitionList::new();
         let mut ends = HashMap::new();
         for p in 0..partitions {

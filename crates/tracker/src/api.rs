@@ -1,38 +1,47 @@
-//! The query API (JSON over HTTP), documented in docs/api.md.
+//! The HTTP API (JSON, GeoJSON for geofences), documented in docs/api.md: vehicles, tracks,
+//! fleet events, trips, and the geofences (read and written through their Kafka topic).
 //!
-//! Parameters are parsed into their types before anything is asked of the database; a bad
-//! one is a `400` naming the parameter and what it must look like. Every error body has the
-//! same shape: `{"error": CODE, "message": TEXT}`.
+//! Parameters and bodies are parsed into their types before anything is asked of the database
+//! or Kafka; a bad one is a `400` (a fence that is not valid GeoJSON: `422`) naming the
+//! parameter and what it must look like. Every error body has the same shape:
+//! `{"error": CODE, "message": TEXT}`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{MatchedPath, Path, Query, Request, State};
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{header, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
 
+use fleetstream_core::events::{Trip, TYPES};
+use fleetstream_core::geofence::{Fence, FenceError};
 use fleetstream_core::now_ms;
 
 use crate::config::Config;
+use crate::geofences::{Geofences, Unavailable, WriteError};
 use crate::metrics::Metrics;
-use crate::store::{db_int, Bbox, Store, StoreError};
+use crate::store::{db_int, Bbox, EventQuery, Store, StoreError};
 use crate::view::{millis as ms, VehicleView};
 
-/// What every handler of the query API needs.
+/// What every handler of the API needs.
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
     config: Arc<Config>,
     store: Store,
     metrics: Metrics,
+    fences: Geofences,
 }
 
 impl AppState {
-    pub(crate) fn new(config: Arc<Config>, store: Store, metrics: Metrics) -> Self {
-        AppState { config, store, metrics }
+    pub(crate) fn new(config: Arc<Config>, store: Store, metrics: Metrics, fences: Geofences) -> Self {
+        AppState { config, store, metrics, fences }
     }
 }
 
@@ -45,12 +54,42 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+
     fn bad(code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::BAD_REQUEST, code, message: message.into() }
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
     pub(crate) fn not_found(message: impl Into<String>) -> Self {
         ApiError { status: StatusCode::NOT_FOUND, code: "not_found", message: message.into() }
+    }
+}
+
+impl From<Unavailable> for ApiError {
+    fn from(e: Unavailable) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "geofences_unavailable", e.to_string())
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Unavailable(e) => e.into(),
+            // Logged and counted where it happened.
+            WriteError::Kafka(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "kafka_unavailable",
+                format!("{e}; the write may or may not have happened: repeat it (a PUT or DELETE can be repeated safely)"),
+            ),
+        }
+    }
+}
+
+impl From<FenceError> for ApiError {
+    fn from(e: FenceError) -> Self {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_geofence", e.to_string())
     }
 }
 
@@ -109,6 +148,37 @@ struct TrackPoint {
     heading: Option<f64>,
     distance_m: f64,
     out_of_order: bool,
+}
+
+#[derive(Serialize)]
+struct EventList {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    obu_id: Option<u64>,
+    from: i64,
+    to: i64,
+    count: usize,
+    truncated: bool,
+    /// The stored bodies, as they came from the events topic.
+    events: Vec<Box<RawValue>>,
+}
+
+#[derive(Serialize)]
+struct TripList {
+    obu_id: u64,
+    from: i64,
+    to: i64,
+    count: usize,
+    truncated: bool,
+    trips: Vec<TripView>,
+}
+
+#[derive(Serialize)]
+struct TripView {
+    event_id: String,
+    #[serde(flatten)]
+    trip: Trip,
+    /// The trip's positions: the track endpoint over the trip's time range.
+    track: String,
 }
 
 #[derive(Serialize)]
@@ -206,6 +276,41 @@ fn parse_bool(name: &str, raw: &str) -> Result<bool, ApiError> {
     }
 }
 
+/// `from` and `to` of a time range (device time): `to` defaults to now, `from` to an hour
+/// before `to`; `from` may not be after `to`.
+fn parse_range(params: &Params, now: i64) -> Result<(i64, i64), ApiError> {
+    let to = params.get("to").map(|v| parse_time("to", v, now)).transpose()?.unwrap_or(now);
+    let from = params.get("from").map(|v| parse_time("from", v, now)).transpose()?.unwrap_or(to.saturating_sub(3_600_000));
+    if from > to {
+        return Err(ApiError::bad("invalid_range", format!("`from` ({from}) is after `to` ({to})")));
+    }
+    Ok((from, to))
+}
+
+/// `limit`: 1 ..= `max`, default `max`.
+fn parse_limit(params: &Params, max: usize) -> Result<usize, ApiError> {
+    match params.get("limit") {
+        None => Ok(max),
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| ApiError::bad("invalid_limit", format!("`limit` must be an integer from 1 to {max}, got `{raw}`"))),
+    }
+}
+
+/// `type`: one event type, or several separated by commas.
+pub fn parse_types(raw: &str) -> Result<Vec<&'static str>, ApiError> {
+    raw.split(',')
+        .map(str::trim)
+        .map(|t| {
+            TYPES.iter().find(|known| **known == t).copied().ok_or_else(|| {
+                ApiError::bad("invalid_type", format!("unknown event type `{t}`; `type` takes one or more of {}, separated by commas", TYPES.join(", ")))
+            })
+        })
+        .collect()
+}
+
 /// `GET /api/vehicles?bbox=&online=`
 pub(crate) async fn vehicles(State(app): State<AppState>, query: RawQuery) -> Result<Response, ApiError> {
     let params = Params::parse(query, &["bbox", "online"])?;
@@ -235,12 +340,7 @@ pub(crate) async fn vehicle(State(app): State<AppState>, path: Result<Path<Strin
 pub(crate) async fn track(State(app): State<AppState>, path: Result<Path<String>, PathRejection>, query: RawQuery) -> Result<Response, ApiError> {
     let params = Params::parse(query, &["from", "to", "limit"])?;
     let id = parse_id(&path_id(path)?)?;
-    let now = now_ms();
-    let to = params.get("to").map(|v| parse_time("to", v, now)).transpose()?.unwrap_or(now);
-    let from = params.get("from").map(|v| parse_time("from", v, now)).transpose()?.unwrap_or(to.saturating_sub(3_600_000));
-    if from > to {
-        return Err(ApiError::bad("invalid_range", format!("`from` ({from}) is after `to` ({to})")));
-    }
+    let (from, to) = parse_range(&params, now_ms())?;
     let max_range = ms(app.config.max_track_range);
     if to - from > max_range {
         return Err(ApiError::bad(
@@ -252,15 +352,7 @@ pub(crate) async fn track(State(app): State<AppState>, path: Result<Path<String>
             ),
         ));
     }
-    let max_points = app.config.max_track_points;
-    let limit = match params.get("limit") {
-        None => max_points,
-        Some(raw) => raw
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=max_points).contains(n))
-            .ok_or_else(|| ApiError::bad("invalid_limit", format!("`limit` must be an integer from 1 to {max_points}, got `{raw}`")))?,
-    };
+    let limit = parse_limit(&params, app.config.max_track_points)?;
     if app.store.vehicle(id).await.map_err(|e| app.db_error("vehicle", e))?.is_none() {
         return Err(ApiError::not_found(format!("no vehicle with obu_id {id}")));
     }
@@ -282,6 +374,154 @@ pub(crate) async fn track(State(app): State<AppState>, path: Result<Path<String>
         })
         .collect();
     Ok(Json(Track { obu_id: id, from, to, count: points.len(), truncated, points }).into_response())
+}
+
+/// `GET /api/events?from=&to=&type=&obu_id=&limit=`
+pub(crate) async fn events(State(app): State<AppState>, query: RawQuery) -> Result<Response, ApiError> {
+    let params = Params::parse(query, &["from", "to", "type", "obu_id", "limit"])?;
+    let obu_id = params.get("obu_id").map(parse_id).transpose()?;
+    app.event_list(&params, obu_id).await
+}
+
+/// `GET /api/vehicles/{id}/events?from=&to=&type=&limit=`
+pub(crate) async fn vehicle_events(State(app): State<AppState>, path: Result<Path<String>, PathRejection>, query: RawQuery) -> Result<Response, ApiError> {
+    let params = Params::parse(query, &["from", "to", "type", "limit"])?;
+    let id = parse_id(&path_id(path)?)?;
+    app.event_list(&params, Some(id)).await
+}
+
+impl AppState {
+    /// The stored events in the range of `params`, newest first, of one vehicle or all.
+    async fn event_list(&self, params: &Params, obu_id: Option<u64>) -> Result<Response, ApiError> {
+        let (from, to) = parse_range(params, now_ms())?;
+        let types = params.get("type").map(parse_types).transpose()?.unwrap_or_default();
+        let limit = parse_limit(params, self.config.max_events)?;
+        // One more than asked tells whether there is more.
+        let query = EventQuery { obu_id, types, from, to, limit: limit + 1 };
+        let mut bodies = self.store.events(query).await.map_err(|e| self.db_error("events", e))?;
+        let truncated = bodies.len() > limit;
+        bodies.truncate(limit);
+        // Every stored body was parsed as an event before it was stored.
+        let events: Vec<Box<RawValue>> = bodies.into_iter().filter_map(|b| RawValue::from_string(b).ok()).collect();
+        Ok(Json(EventList { obu_id, from, to, count: events.len(), truncated, events }).into_response())
+    }
+}
+
+/// `GET /api/vehicles/{id}/trips?from=&to=&limit=`
+pub(crate) async fn trips(State(app): State<AppState>, path: Result<Path<String>, PathRejection>, query: RawQuery) -> Result<Response, ApiError> {
+    let params = Params::parse(query, &["from", "to", "limit"])?;
+    let id = parse_id(&path_id(path)?)?;
+    let (from, to) = parse_range(&params, now_ms())?;
+    let limit = parse_limit(&params, app.config.max_events)?;
+    let mut rows = app.store.trips(id, from, to, limit + 1).await.map_err(|e| app.db_error("trips", e))?;
+    let truncated = rows.len() > limit;
+    rows.truncate(limit);
+    let trips: Vec<TripView> = rows
+        .into_iter()
+        .map(|r| TripView {
+            track: format!("/api/vehicles/{}/track?from={}&to={}", r.obu_id, r.trip.start_ts, r.trip.end_ts),
+            event_id: r.event_id,
+            trip: r.trip,
+        })
+        .collect();
+    Ok(Json(TripList { obu_id: id, from, to, count: trips.len(), truncated, trips }).into_response())
+}
+
+/// A GeoJSON answer (`application/geo+json`).
+fn geojson(status: StatusCode, body: Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/geo+json")], Json(body)).into_response()
+}
+
+/// `201 Created` with the fence's address and the fence.
+fn fence_created(id: &str, feature: Value) -> Response {
+    let location = format!("/api/geofences/{id}");
+    (StatusCode::CREATED, [(header::LOCATION, location.as_str()), (header::CONTENT_TYPE, "application/geo+json")], Json(feature)).into_response()
+}
+
+fn fence_path_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(id)| id).map_err(|e| ApiError::bad("invalid_id", format!("the geofence id cannot be read: {}", e.body_text())))
+}
+
+fn no_fence(id: &str) -> ApiError {
+    ApiError::not_found(format!("no geofence with id `{id}`"))
+}
+
+/// A request body that must be JSON (whatever its Content-Type says).
+fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+    let bytes = body.map_err(|e| ApiError::new(e.status(), "invalid_body", format!("the request body cannot be read: {}", e.body_text())))?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad("invalid_json", format!("the body is not JSON: {e}")))
+}
+
+/// `GET /api/geofences`: a FeatureCollection of every fence, by id.
+pub(crate) async fn geofences(State(app): State<AppState>, query: RawQuery) -> Result<Response, ApiError> {
+    Params::parse(query, &[])?;
+    let features = app.fences.list()?;
+    Ok(geojson(StatusCode::OK, serde_json::json!({ "type": "FeatureCollection", "features": features })))
+}
+
+/// `GET /api/geofences/{id}`
+pub(crate) async fn geofence(State(app): State<AppState>, path: Result<Path<String>, PathRejection>, query: RawQuery) -> Result<Response, ApiError> {
+    Params::parse(query, &[])?;
+    let id = fence_path_id(path)?;
+    let feature = app.fences.get(&id)?.ok_or_else(|| no_fence(&id))?;
+    Ok(geojson(StatusCode::OK, feature))
+}
+
+/// `POST /api/geofences`: a new fence, with the Feature's id or a generated one.
+pub(crate) async fn create_geofence(State(app): State<AppState>, query: RawQuery, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    Params::parse(query, &[])?;
+    let value = json_body(body)?;
+    let generated = match value.get("id") {
+        None | Some(Value::Null) => Some(format!("{:016x}", rand::random::<u64>())),
+        Some(_) => None,
+    };
+    let fence = Fence::from_feature(&value, generated.as_deref())?;
+    if app.fences.get(&fence.id)?.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_exists",
+            format!("geofence `{0}` already exists; PUT /api/geofences/{0} replaces it", fence.id),
+        ));
+    }
+    let (_, feature) = app.fences.put(&fence).await?;
+    Ok(fence_created(&fence.id, feature))
+}
+
+/// `PUT /api/geofences/{id}`: creates or replaces the fence.
+pub(crate) async fn put_geofence(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: RawQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    Params::parse(query, &[])?;
+    let id = fence_path_id(path)?;
+    let value = json_body(body)?;
+    // The path names the fence; an id in the Feature that says otherwise is a mistake.
+    if let Some(given) = value.get("id").filter(|v| !v.is_null()) {
+        let same = match given {
+            Value::String(s) => *s == id,
+            Value::Number(n) => n.to_string() == id,
+            _ => false,
+        };
+        if !same {
+            return Err(ApiError::bad("id_mismatch", format!("the Feature's id {given} differs from the id in the path `{id}`; leave it out or make them equal")));
+        }
+    }
+    let fence = Fence::from_feature(&value, Some(&id))?;
+    let (created, feature) = app.fences.put(&fence).await?;
+    Ok(if created { fence_created(&fence.id, feature) } else { geojson(StatusCode::OK, feature) })
+}
+
+/// `DELETE /api/geofences/{id}`
+pub(crate) async fn delete_geofence(State(app): State<AppState>, path: Result<Path<String>, PathRejection>, query: RawQuery) -> Result<Response, ApiError> {
+    Params::parse(query, &[])?;
+    let id = fence_path_id(path)?;
+    if app.fences.delete(&id).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(no_fence(&id))
+    }
 }
 
 /// `GET /api/config`: what the map page needs to know.
@@ -342,6 +582,17 @@ mod tests {
             let e = parse_time("from", bad, NOW).err().unwrap_or_else(|| panic!("{bad} accepted"));
             assert_eq!(e.code, "invalid_time", "{bad}");
             assert!(e.message.starts_with("`from` must be Unix milliseconds"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn event_types_are_checked_against_the_known_ones() {
+        assert_eq!(parse_types("trip"), Ok(vec!["trip"]));
+        assert_eq!(parse_types("geofence_enter, geofence_exit"), Ok(vec!["geofence_enter", "geofence_exit"]));
+        for bad in ["", "trips", "trip,", "TRIP"] {
+            let e = parse_types(bad).err().unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "invalid_type"), "{bad}");
+            assert!(e.message.contains("geofence_enter, geofence_exit, overspeed"), "{}", e.message);
         }
     }
 

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use fleetstream_core::kafka::KafkaArgs;
+use fleetstream_core::kafka::{KafkaArgs, ProducerArgs};
 use fleetstream_core::telemetry::LogArgs;
 
 /// fleetstream tracker: keeps every valid position for a retention period, serves the latest
@@ -38,7 +38,17 @@ pub struct Config {
     #[arg(long, env = "TRACKER_LATEST_TOPIC", default_value = fleetstream_core::topics::LATEST)]
     pub latest_topic: String,
 
-    /// Most positions written to the database in one transaction.
+    /// Topic of fleet events (written by the processor in transactions, read committed only),
+    /// consumed in the same group as the positions topic.
+    #[arg(long, env = "TRACKER_EVENTS_TOPIC", default_value = fleetstream_core::topics::EVENTS)]
+    pub events_topic: String,
+
+    /// Compacted topic of the geofences (GeoJSON Features keyed by fence id): followed whole to
+    /// answer `/api/geofences`, written by its POST/PUT/DELETE; created if missing.
+    #[arg(long, env = "TRACKER_GEOFENCES_TOPIC", default_value = fleetstream_core::topics::GEOFENCES)]
+    pub geofences_topic: String,
+
+    /// Most positions (and events) written to the database in one transaction.
     #[arg(long, env = "TRACKER_BATCH_SIZE", default_value_t = 1_000)]
     pub batch_size: usize,
 
@@ -46,11 +56,11 @@ pub struct Config {
     #[arg(long, env = "TRACKER_FLUSH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub flush_interval: Duration,
 
-    /// How long positions are kept, by device time; older ones are deleted.
+    /// How long positions, events and trips are kept, by device time; older ones are deleted.
     #[arg(long, env = "TRACKER_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub retention: Duration,
 
-    /// How often positions older than the retention are deleted.
+    /// How often positions, events and trips older than the retention are deleted.
     #[arg(long, env = "TRACKER_PRUNE_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
     pub prune_interval: Duration,
 
@@ -65,6 +75,10 @@ pub struct Config {
     /// Most points one track response holds (and the largest `limit` accepted).
     #[arg(long, env = "TRACKER_MAX_TRACK_POINTS", default_value_t = 10_000)]
     pub max_track_points: usize,
+
+    /// Most events or trips one response holds (and the largest `limit` accepted).
+    #[arg(long, env = "TRACKER_MAX_EVENTS", default_value_t = 1_000)]
+    pub max_events: usize,
 
     /// Map tile URL template ({z}/{x}/{y}); empty for no tiles (markers on a blank background).
     #[arg(long, env = "TRACKER_TILE_URL", default_value = "https://tile.openstreetmap.org/{z}/{x}/{y}.png")]
@@ -101,6 +115,10 @@ pub struct Config {
 
     #[command(flatten)]
     pub kafka: KafkaArgs,
+
+    /// The producer of geofence writes.
+    #[command(flatten)]
+    pub producer: ProducerArgs,
 
     #[command(flatten)]
     pub log: LogArgs,

@@ -1,11 +1,15 @@
 //! From Kafka into the database: the start-up seed from `vehicle-latest`, then the
-//! consume -> batch -> write -> commit loop over `positions`.
+//! consume -> batch -> write -> commit loop over `positions` and `events`.
 //!
-//! Offsets are committed only after the batch's transaction committed, so a crash re-reads at
-//! most the batches that were not yet durable; writing them again is a no-op (the history is
-//! keyed by `(obu_id, seq)` and the latest position only moves to a higher seq). A rebalance
-//! needs no special care for the same reason: committing an offset for a partition that has
-//! just moved is harmless, because everything before it is stored.
+//! One consumer, in one group, subscribed to both topics: a batch holds the positions and the
+//! events taken since the last flush, each topic's records are written in their own
+//! transaction, and the offsets of both are committed once both are durable. So a crash
+//! re-reads at most the batches that were not yet durable; writing them again is a no-op (the
+//! history is keyed by `(obu_id, seq)`, the latest position only moves to a higher seq, events
+//! are keyed by their deterministic `event_id`). A rebalance needs no special care for the same
+//! reason: committing an offset for a partition that has just moved is harmless, because
+//! everything before it is stored. Events are read committed only: the processor writes them in
+//! transactions, and an aborted one never reaches the database.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -24,11 +28,12 @@ use fleetstream_core::telemetry::Throttle;
 use fleetstream_core::{ProcessedPosition, VehicleLatest};
 
 use crate::config::Config;
-use crate::live::LiveFeed;
+use crate::live::Feeds;
 use crate::metrics::Metrics;
-use crate::store::{db_int, Store};
+use crate::store::{db_int, NewEvent, Store, StoreError};
+use crate::view::VehicleView;
 
-/// Logs partition movements of the positions consumer.
+/// Logs partition movements of the ingest consumer.
 pub(crate) struct Context;
 
 impl ClientContext for Context {}
@@ -37,47 +42,66 @@ impl ConsumerContext for Context {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                tracing::info!(?partitions, "positions partitions assigned");
+                let partitions: Vec<String> = tpl.elements().iter().map(|e| format!("{}[{}]", e.topic(), e.partition())).collect();
+                tracing::info!(?partitions, "partitions assigned");
             }
             Rebalance::Revoke(tpl) => {
-                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                tracing::info!(?partitions, "positions partitions revoked");
+                let partitions: Vec<String> = tpl.elements().iter().map(|e| format!("{}[{}]", e.topic(), e.partition())).collect();
+                tracing::info!(?partitions, "partitions revoked");
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
         }
     }
 }
 
-pub(crate) type PositionsConsumer = StreamConsumer<Context>;
+pub(crate) type IngestConsumer = StreamConsumer<Context>;
 
-/// The consumer of `--positions-topic` in `--group-id`, subscribed (partitions are assigned once
-/// it is polled). Offsets are committed by [`Ingest`] only, after each durable batch.
-pub(crate) fn subscribe(config: &Config) -> anyhow::Result<PositionsConsumer> {
-    let consumer: PositionsConsumer =
+/// The consumer of `--positions-topic` and `--events-topic` in `--group-id`, subscribed
+/// (partitions are assigned once it is polled; read committed, as every consumer group member
+/// of fleetstream). Offsets are committed by [`Ingest`] only, after each durable batch.
+pub(crate) fn subscribe(config: &Config) -> anyhow::Result<IngestConsumer> {
+    if config.positions_topic == config.events_topic {
+        anyhow::bail!("--positions-topic and --events-topic are both `{}`; they must differ", config.positions_topic);
+    }
+    let consumer: IngestConsumer =
         config.kafka.consumer_config(&config.group_id).create_with_context(Context).context("cannot create Kafka consumer")?;
-    consumer.subscribe(&[&config.positions_topic]).context("cannot subscribe")?;
+    consumer.subscribe(&[&config.positions_topic, &config.events_topic]).context("cannot subscribe")?;
     Ok(consumer)
 }
 
-/// Positions taken from Kafka and not yet stored, with the offsets to commit once they are.
+/// The topic a record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Source {
+    Positions,
+    Events,
+}
+
+/// Records taken from Kafka and not yet stored, with the offsets to commit once they are.
 #[derive(Default)]
 struct Batch {
     positions: Vec<ProcessedPosition>,
-    /// Next offset to consume, per partition, covering every record taken (stored or skipped).
-    offsets: BTreeMap<i32, i64>,
+    events: Vec<NewEvent>,
+    /// Next offset to consume, per topic and partition, covering every record taken (stored
+    /// or skipped).
+    offsets: BTreeMap<(Source, i32), i64>,
     started: Option<tokio::time::Instant>,
 }
 
-/// The ingest loop: seeds from `vehicle-latest`, then stores the positions topic batch by
-/// batch and publishes what was new to the live feed.
+impl Batch {
+    fn len(&self) -> usize {
+        self.positions.len() + self.events.len()
+    }
+}
+
+/// The ingest loop: seeds from `vehicle-latest`, then stores the positions and events topics
+/// batch by batch and publishes what was new to the live feeds.
 pub(crate) struct Ingest {
     config: Arc<Config>,
-    consumer: Arc<PositionsConsumer>,
+    consumer: Arc<IngestConsumer>,
     store: Store,
     metrics: Metrics,
     health: Health,
-    live: LiveFeed,
+    live: Feeds,
     stopping: Stopping,
 }
 
@@ -93,7 +117,7 @@ pub(crate) struct Stopping {
 
 impl Ingest {
     /// An ingest of `consumer` (from [`subscribe`]) into `store`, reporting readiness on `health`.
-    pub(crate) fn new(config: Arc<Config>, consumer: Arc<PositionsConsumer>, store: Store, metrics: Metrics, health: Health, live: LiveFeed, stopping: Stopping) -> Self {
+    pub(crate) fn new(config: Arc<Config>, consumer: Arc<IngestConsumer>, store: Store, metrics: Metrics, health: Health, live: Feeds, stopping: Stopping) -> Self {
         Ingest { config, consumer, store, metrics, health, live, stopping }
     }
 
@@ -106,8 +130,10 @@ impl Ingest {
         self.refresh_vehicle_gauge().await;
         self.health.set_ready();
         let mut batch = Batch::default();
-        // While brokers are down the client reports every failed connection.
+        // While brokers are down the client reports every failed connection; a producer gone
+        // wrong may write nothing but garbage.
         let mut errors = Throttle::new(Duration::from_secs(5));
+        let mut garbage = Throttle::new(Duration::from_secs(5));
         loop {
             let deadline = batch.started.map(|s| s + self.config.flush_interval);
             tokio::select! {
@@ -121,8 +147,8 @@ impl Ingest {
                 }
                 message = self.consumer.recv() => match message {
                     Ok(m) => {
-                        self.take(&m, &mut batch);
-                        if batch.positions.len() >= self.config.batch_size && !self.flush(&mut batch).await {
+                        self.take(&m, &mut batch, &mut garbage);
+                        if batch.len() >= self.config.batch_size && !self.flush(&mut batch).await {
                             return;
                         }
                     }
@@ -136,31 +162,48 @@ impl Ingest {
             }
         }
         if batch.started.is_some() {
-            tracing::info!(positions = batch.positions.len(), "shutting down: writing the batch in hand");
+            tracing::info!(positions = batch.positions.len(), events = batch.events.len(), "shutting down: writing the batch in hand");
             self.flush(&mut batch).await;
         }
         tracing::info!("ingest stopped");
     }
 
-    /// Adds one record to the batch (or counts why it cannot be stored).
-    fn take(&self, m: &BorrowedMessage<'_>, batch: &mut Batch) {
-        self.metrics.consumed.inc();
+    /// Adds one record to the batch (or counts why it cannot be stored, and logs it unless
+    /// `garbage` holds the line back).
+    fn take(&self, m: &BorrowedMessage<'_>, batch: &mut Batch, garbage: &mut Throttle) {
+        let source = if m.topic() == self.config.events_topic { Source::Events } else { Source::Positions };
         batch.started.get_or_insert_with(tokio::time::Instant::now);
-        let next = batch.offsets.entry(m.partition()).or_insert(0);
+        let next = batch.offsets.entry((source, m.partition())).or_insert(0);
         *next = (*next).max(m.offset() + 1);
-        match m.payload().map(serde_json::from_slice::<ProcessedPosition>) {
-            Some(Ok(p)) if db_int(p.obu_id).is_ok() && db_int(p.seq).is_ok() => batch.positions.push(p),
-            Some(Ok(p)) => {
-                self.metrics.skipped.with_label_values(&["out_of_range"]).inc();
-                tracing::warn!(obu_id = p.obu_id, seq = p.seq, "position not stored: obu_id or seq beyond i64::MAX");
+        let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
+        match source {
+            Source::Positions => {
+                self.metrics.consumed.inc();
+                let why = match m.payload().map(serde_json::from_slice::<ProcessedPosition>) {
+                    Some(Ok(p)) if db_int(p.obu_id).is_ok() && db_int(p.seq).is_ok() => {
+                        batch.positions.push(p);
+                        return;
+                    }
+                    Some(Ok(p)) => ("out_of_range", format!("obu_id {} or seq {} is beyond i64::MAX", p.obu_id, p.seq)),
+                    Some(Err(error)) => ("undecodable", format!("not a position: {error}")),
+                    None => ("undecodable", "the record has no value".to_string()),
+                };
+                self.metrics.skipped.with_label_values(&[why.0]).inc();
+                if let Some(held_back) = garbage.pass() {
+                    tracing::warn!(topic, partition, offset, reason = why.0, error = why.1, similar_since_last = held_back, "record not stored");
+                }
             }
-            Some(Err(error)) => {
-                self.metrics.skipped.with_label_values(&["undecodable"]).inc();
-                tracing::warn!(partition = m.partition(), offset = m.offset(), %error, "record of the positions topic is not a position");
-            }
-            None => {
-                self.metrics.skipped.with_label_values(&["undecodable"]).inc();
-                tracing::warn!(partition = m.partition(), offset = m.offset(), "record of the positions topic has no value");
+            Source::Events => {
+                self.metrics.events_consumed.inc();
+                match NewEvent::from_record(m.payload()) {
+                    Ok(event) => batch.events.push(event),
+                    Err(error) => {
+                        self.metrics.events_skipped.with_label_values(&[error.reason()]).inc();
+                        if let Some(held_back) = garbage.pass() {
+                            tracing::warn!(topic, partition, offset, reason = error.reason(), %error, similar_since_last = held_back, "record not stored");
+                        }
+                    }
+                }
             }
         }
     }
@@ -172,53 +215,83 @@ impl Ingest {
         let started = Instant::now();
         let taken = std::mem::take(batch);
         let positions = Arc::new(taken.positions);
-        let mut attempt = 0u32;
-        let outcome = loop {
-            if positions.is_empty() {
-                break Default::default();
-            }
-            match self.store.write(positions.clone()).await {
-                Ok(outcome) => break outcome,
-                Err(error) => {
-                    attempt += 1;
-                    self.metrics.db_errors.with_label_values(&["write"]).inc();
-                    let error = error.chain();
-                    self.health.set_not_ready(format!("database write failed: {error}"));
-                    tracing::warn!(error, attempt, positions = positions.len(), "database write failed; retrying");
-                    if !self.backoff(attempt).await {
-                        tracing::warn!(positions = positions.len(), "gave up on the batch in hand; it will be read again after a restart");
-                        return false;
-                    }
-                }
-            }
+        let events = Arc::new(taken.events);
+        let mut retried = false;
+        let Some(outcome) = self.durably("write", "positions", positions.len(), &mut retried, || self.store.write(positions.clone())).await else {
+            return false;
+        };
+        let Some(new_events) = self.durably("write_events", "events", events.len(), &mut retried, || self.store.write_events(events.clone())).await
+        else {
+            return false;
         };
         self.commit(&taken.offsets).await;
         self.metrics.batch_size.observe(positions.len() as f64);
         self.metrics.written.inc_by(outcome.inserted.len() as u64);
         self.metrics.duplicates.inc_by(outcome.duplicates);
+        self.metrics.event_duplicates.inc_by(new_events.duplicates);
+        for e in new_events.inserted.iter().filter_map(|&i| events.get(i)) {
+            self.metrics.events_stored.with_label_values(&[e.event().type_name()]).inc();
+        }
         self.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
-        if attempt > 0 || !self.health.is_ready() {
+        if retried || !self.health.is_ready() {
             self.health.set_ready();
         }
-        // Only new positions go to the live feed: a replay does not make the map jump.
-        self.live.publish(outcome.inserted.iter().filter_map(|&i| positions.get(i)));
+        // Only what is new goes to the live feeds: a replay does not make the map jump.
+        self.live.positions.publish(outcome.inserted.iter().filter_map(|&i| positions.get(i)).map(VehicleView::live));
+        self.live.events.publish_json(new_events.inserted.iter().filter_map(|&i| events.get(i)).map(NewEvent::body));
         if !positions.is_empty() {
             self.refresh_vehicle_gauge().await;
         }
         true
     }
 
+    /// Runs one database write of `n` records (`what`) until it succeeds, with backoff; counts
+    /// each failure under `op` and reports not ready meanwhile. Nothing to write: `T::default()`
+    /// at once. `None` if the tracker is aborting.
+    async fn durably<T, F, Fut>(&self, op: &'static str, what: &'static str, n: usize, retried: &mut bool, mut write: F) -> Option<T>
+    where
+        T: Default,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        if n == 0 {
+            return Some(T::default());
+        }
+        let mut attempt = 0u32;
+        loop {
+            match write().await {
+                Ok(outcome) => return Some(outcome),
+                Err(error) => {
+                    attempt += 1;
+                    *retried = true;
+                    self.metrics.db_errors.with_label_values(&[op]).inc();
+                    let error = error.chain();
+                    self.health.set_not_ready(format!("database write failed: {error}"));
+                    tracing::warn!(error, attempt, records = n, what, "database write failed; retrying");
+                    if !self.backoff(attempt).await {
+                        tracing::warn!(records = n, what, "gave up on the batch in hand; it will be read again after a restart");
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
     /// Commits synchronously (on a blocking thread): when this returns, a restart resumes
     /// after the batch. A failed commit is only logged: the records are read again and
     /// recognised as stored.
-    async fn commit(&self, offsets: &BTreeMap<i32, i64>) {
+    async fn commit(&self, offsets: &BTreeMap<(Source, i32), i64>) {
         if offsets.is_empty() {
             return;
         }
         let mut tpl = TopicPartitionList::new();
-        for (p, next) in offsets {
-            if let Err(error) = tpl.add_partition_offset(&self.config.positions_topic, *p, Offset::Offset(*next)) {
-                tracing::warn!(%error, partition = p, "cannot build the offset commit");
+        for ((source, p), next) in offsets {
+            let topic = match source {
+                Source::Positions => &self.config.positions_topic,
+                Source::Events => &self.config.events_topic,
+            };
+            if let Err(error) = tpl.add_partition_offset(topic, *p, Offset::Offset(*next)) {
+                tracing::warn!(%error, topic, partition = p, "cannot build the offset commit");
             }
         }
         let consumer = self.consumer.clone();

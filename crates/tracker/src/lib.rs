@@ -1,12 +1,14 @@
 //! fleetstream tracker: the history and the live map of the fleet.
 //!
-//! It consumes `positions` in its own consumer group and stores every position, batched and
-//! idempotently on `(obu_id, seq)`, in SQLite (default, embedded) or PostgreSQL
+//! It consumes `positions` and `events` in its own consumer group and stores every position
+//! (batched, idempotently on `(obu_id, seq)`) and every fleet event (idempotently on its
+//! `event_id`; trips in their own table) in SQLite (default, embedded) or PostgreSQL
 //! (`DATABASE_URL=postgres://...`), for `--retention`; it commits offsets only after a batch is
 //! durable. At start-up it reads `vehicle-latest` whole, so the latest position of every vehicle
-//! is there at once. It serves, on one port: the map page (`/`), the query API (`/api/...`, see
-//! docs/api.md), the live feed (`/api/live`, Server-Sent Events) and `/metrics`, `/healthz`,
-//! `/readyz`.
+//! is there at once. It follows the compacted `geofences` topic whole, and writes it for the
+//! API. It serves, on one port: the map page (`/`), the API (`/api/...`, see docs/api.md:
+//! vehicles, tracks, events, trips, geofences), the live feeds (`/api/live`, `/api/events/live`,
+//! Server-Sent Events) and `/metrics`, `/healthz`, `/readyz`.
 //!
 //! ```text
 //! tracker --kafka-brokers 127.0.0.1:9092                      # SQLite file in the working dir
@@ -15,6 +17,7 @@
 
 pub mod api;
 mod config;
+mod geofences;
 mod ingest;
 mod live;
 mod metrics;
@@ -34,8 +37,9 @@ use tokio_util::sync::CancellationToken;
 use fleetstream_core::http::{ops_router, Health};
 use fleetstream_core::now_ms;
 
+use geofences::Geofences;
 use ingest::{Ingest, Stopping};
-use live::LiveFeed;
+use live::Feeds;
 
 pub use config::Config;
 pub use metrics::Metrics;
@@ -46,7 +50,8 @@ pub struct Application {
     config: Arc<Config>,
     listener: TcpListener,
     store: Store,
-    consumer: Arc<ingest::PositionsConsumer>,
+    consumer: Arc<ingest::IngestConsumer>,
+    fences: Geofences,
     metrics: Metrics,
     health: Health,
 }
@@ -58,13 +63,14 @@ impl std::fmt::Debug for Application {
 }
 
 impl Application {
-    /// Opens the database (applying migrations), creates the consumer, binds the port.
+    /// Opens the database (applying migrations), creates the Kafka clients, binds the port.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
         let store = Store::open(&config.database_url, config.db_pool_size)
             .await
             .with_context(|| format!("cannot open the database ({})", redact_url(&config.database_url)))?;
         let consumer = ingest::subscribe(&config)?;
+        let fences = Geofences::new(&config, metrics.clone())?;
 
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         tracing::info!(
@@ -76,9 +82,11 @@ impl Application {
             group = %config.group_id,
             positions = %config.positions_topic,
             latest = %config.latest_topic,
+            events = %config.events_topic,
+            geofences = %config.geofences_topic,
             "tracker started"
         );
-        Ok(Application { config: Arc::new(config), listener, store, consumer: Arc::new(consumer), metrics, health: Health::new() })
+        Ok(Application { config: Arc::new(config), listener, store, consumer: Arc::new(consumer), fences, metrics, health: Health::new() })
     }
 
     /// The bound port.
@@ -102,9 +110,9 @@ impl Application {
         let stop_ingest = CancellationToken::new();
         let abort = CancellationToken::new();
         // Open feeds end with the HTTP server, so they cannot hold its graceful shutdown.
-        let live = LiveFeed::new(self.config.live_buffer, self.metrics.clone(), stop_http.clone());
+        let live = Feeds::new(self.config.live_buffer, &self.metrics, stop_http.clone());
 
-        let state = api::AppState::new(self.config.clone(), self.store.clone(), self.metrics.clone());
+        let state = api::AppState::new(self.config.clone(), self.store.clone(), self.metrics.clone(), self.fences.clone());
         let router = router(state, live.clone(), self.metrics.clone(), self.health.clone());
         let server_stop = stop_http.clone();
         let server = tokio::spawn(async move { axum::serve(self.listener, router).with_graceful_shutdown(server_stop.cancelled_owned()).await });
@@ -120,6 +128,7 @@ impl Application {
         );
         let ingest = tokio::spawn(ingest.run());
         let pruner = tokio::spawn(prune(self.store.clone(), self.metrics.clone(), self.config.clone(), stop_ingest.clone()));
+        let follower = tokio::spawn(self.fences.clone().follow(self.config.clone(), stop_ingest.clone()));
 
         let mut ingest = ingest;
         tokio::select! {
@@ -139,6 +148,7 @@ impl Application {
             let _ = ingest.await;
         }
         let _ = pruner.await;
+        let _ = follower.await;
         // The last reference: dropping it closes the consumer, which leaves the group at once.
         drop(self.consumer);
         match server.await {
@@ -151,7 +161,7 @@ impl Application {
     }
 }
 
-fn router(state: api::AppState, live: LiveFeed, metrics: Metrics, health: Health) -> Router {
+fn router(state: api::AppState, live: Feeds, metrics: Metrics, health: Health) -> Router {
     let app = Router::new()
         .route("/", get(web::index))
         .route("/static/{*path}", get(web::asset))
@@ -159,32 +169,45 @@ fn router(state: api::AppState, live: LiveFeed, metrics: Metrics, health: Health
         .route("/api/vehicles", get(api::vehicles))
         .route("/api/vehicles/{id}", get(api::vehicle))
         .route("/api/vehicles/{id}/track", get(api::track))
-        .route("/api/live", get(live::live).with_state(live))
+        .route("/api/vehicles/{id}/events", get(api::vehicle_events))
+        .route("/api/vehicles/{id}/trips", get(api::trips))
+        .route("/api/events", get(api::events))
+        .route("/api/geofences", get(api::geofences).post(api::create_geofence))
+        .route("/api/geofences/{id}", get(api::geofence).put(api::put_geofence).delete(api::delete_geofence))
+        .route("/api/live", get(live::serve).with_state(live.positions))
+        .route("/api/events/live", get(live::serve).with_state(live.events))
         .fallback(api::fallback)
         .with_state(state);
     app.merge(ops_router::<()>(metrics.registry.clone(), health))
         .layer(axum::middleware::from_fn_with_state(metrics, api::count_requests))
 }
 
-/// Deletes positions older than the retention, now and every `--prune-interval`.
+/// Deletes positions, events and trips older than the retention, now and every
+/// `--prune-interval`.
 async fn prune(store: Store, metrics: Metrics, config: Arc<Config>, stop: CancellationToken) {
     let retention = i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX);
     loop {
         let before = now_ms().saturating_sub(retention);
-        match store.prune(before).await {
-            Ok(0) => {}
-            Ok(n) => {
-                metrics.pruned.inc_by(n);
-                tracing::info!(deleted = n, before, "positions older than the retention deleted");
-            }
-            Err(error) => {
-                metrics.db_errors.with_label_values(&["prune"]).inc();
-                tracing::warn!(error = error.chain(), "pruning old positions failed; trying again next interval");
-            }
-        }
+        pruned(&metrics, "positions", &metrics.pruned, before, store.prune(before).await);
+        pruned(&metrics, "events", &metrics.events_pruned, before, store.prune_events(before).await);
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(config.prune_interval) => {}
+        }
+    }
+}
+
+/// Counts and logs one pruning of `what` (rows with `ts < before`).
+fn pruned(metrics: &Metrics, what: &'static str, counter: &prometheus::IntCounter, before: i64, result: Result<u64, store::StoreError>) {
+    match result {
+        Ok(0) => {}
+        Ok(n) => {
+            counter.inc_by(n);
+            tracing::info!(deleted = n, before, what, "rows older than the retention deleted");
+        }
+        Err(error) => {
+            metrics.db_errors.with_label_values(&["prune"]).inc();
+            tracing::warn!(error = error.chain(), what, "pruning old rows failed; trying again next interval");
         }
     }
 }
@@ -217,6 +240,8 @@ mod tests {
         let c = Config::try_parse_from(["tracker"]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.listen.port(), 30002);
         assert_eq!((c.positions_topic.as_str(), c.latest_topic.as_str()), ("positions", "vehicle-latest"));
+        assert_eq!((c.events_topic.as_str(), c.geofences_topic.as_str()), ("events", "geofences"));
+        assert_eq!(c.max_events, 1_000);
         assert_eq!(c.group_id, "fleetstream-tracker");
         assert_eq!(c.retention, std::time::Duration::from_secs(86_400));
         assert_eq!(c.flush_interval, std::time::Duration::from_secs(1));

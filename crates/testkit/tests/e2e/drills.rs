@@ -83,6 +83,8 @@ async fn start_pipeline(broker: &Broker) -> Pipeline {
         format!("--group-id={}", fleetstream_testkit::unique("drill-tracker")),
         format!("--positions-topic={}", topics.positions),
         format!("--latest-topic={}", topics.latest),
+        format!("--events-topic={}", topics.events),
+        format!("--geofences-topic={}", topics.geofences),
     ]);
     let tracker = fleetstream_tracker::Application::build(tracker).await.expect("the tracker starts");
     let tracker_store = tracker.store();
@@ -186,6 +188,12 @@ struct Accounting {
     /// Distinct positions in `positions`.
     in_positions: u64,
     dead_lettered: BTreeMap<String, u64>,
+    /// Fleet events in `events`, by type.
+    events: BTreeMap<String, u64>,
+    /// Event ids found more than once.
+    duplicated_events: Vec<String>,
+    /// Vehicles whose events are not in seq order, or that were not `online` exactly once.
+    wrong_events: Vec<String>,
 }
 
 /// Reads `positions` and the DLQ as a read_committed consumer and checks every acked position.
@@ -222,7 +230,38 @@ async fn account(broker: &Broker, pipeline: &Pipeline, summary: &fleetstream_obu
     let mut duplicated: Vec<(u64, u64)> = count.iter().filter(|(_, n)| **n > 1).map(|(id, _)| *id).collect();
     duplicated.sort_unstable();
     let in_positions = count.len() as u64;
-    Accounting { generated: summary.generated, sent: summary.sent, acked, lost, duplicated, in_positions, dead_lettered }
+    let (events, duplicated_events, wrong_events) = account_events(broker, pipeline, summary);
+    Accounting { generated: summary.generated, sent: summary.sent, acked, lost, duplicated, in_positions, dead_lettered, events, duplicated_events, wrong_events }
+}
+
+/// Reads `events` (read_committed): every event id once; per vehicle in seq order, and one
+/// `online` (the drill is shorter than the offline timeout).
+fn account_events(broker: &Broker, pipeline: &Pipeline, summary: &fleetstream_obu_sim::Summary) -> (BTreeMap<String, u64>, Vec<String>, Vec<String>) {
+    let vehicles = summary.acked_by_vehicle.len();
+    let mut records = broker.read(&pipeline.topics.events, vehicles, Duration::from_secs(2), Duration::from_secs(60)).expect("events are readable");
+    records.sort_by_key(|r| (r.partition, r.offset));
+    let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    let mut per_vehicle: BTreeMap<u64, Vec<(u64, String)>> = BTreeMap::new();
+    for r in &records {
+        let v = r.json();
+        let kind = v["type"].as_str().unwrap_or("<none>").to_string();
+        *by_type.entry(kind.clone()).or_default() += 1;
+        *seen.entry(v["event_id"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+        per_vehicle.entry(v["obu_id"].as_u64().unwrap_or_default()).or_default().push((v["seq"].as_u64().unwrap_or_default(), kind));
+    }
+    let mut duplicated: Vec<String> = seen.into_iter().filter(|(_, n)| *n > 1).map(|(id, _)| id).collect();
+    duplicated.sort();
+    let mut wrong = Vec::new();
+    for obu in summary.acked_by_vehicle.keys() {
+        let events = per_vehicle.get(obu).cloned().unwrap_or_default();
+        let online = events.iter().filter(|(_, k)| k == "online").count();
+        let ordered = events.windows(2).all(|w| w[0].0 <= w[1].0);
+        if online != 1 || !ordered {
+            wrong.push(format!("vehicle {obu}: {events:?}"));
+        }
+    }
+    (by_type, duplicated, wrong)
 }
 
 /// When a fault happened, in seconds since the drill started.
@@ -281,6 +320,8 @@ where
     assert!(accounting.lost.is_empty(), "{name}: acked positions missing from positions: {:?}", accounting.lost);
     assert!(accounting.dead_lettered.is_empty(), "{name}: the fleet's valid positions were dead-lettered: {:?}", accounting.dead_lettered);
     assert!(accounting.duplicated.is_empty(), "{name}: positions twice in `positions`: {:?}", accounting.duplicated);
+    assert!(accounting.duplicated_events.is_empty(), "{name}: events twice in `events`: {:?}", accounting.duplicated_events);
+    assert!(accounting.wrong_events.is_empty(), "{name}: vehicles with events out of order or not online once: {:?}", accounting.wrong_events);
     assert!(stored, "{name}: the tracker stored every position: {stored_count} of {distinct}");
     assert!(pipeline.receiver.shutdown().await.is_ok(), "{name}: the receiver stops cleanly");
     assert!(pipeline.processor.shutdown().await.is_ok(), "{name}: the processor stops cleanly");
@@ -292,7 +333,7 @@ fn report_line(name: &str, a: &Accounting, timeline: &Arc<Mutex<Timeline>>, w: W
     let t = timeline.lock().unwrap_or_else(|p| p.into_inner());
     let fmt = |v: Option<f64>| v.map(|s| format!("{s:.1} s")).unwrap_or_else(|| "-".into());
     format!(
-        "drill {name}: sent {} ({} with resends), acked {}, lost {}, duplicated {}, dead-lettered {:?}; fault {:.1}-{:.1} s; \
+        "drill {name}: sent {} ({} with resends), acked {}, lost {}, duplicated {}, dead-lettered {:?}; events {:?}, duplicated {}; fault {:.1}-{:.1} s; \
          longest pause in acks {:.1} s, in processor commits {:.1} s; after the brokers were started again acks resumed in {}, \
          commits in {}",
         a.generated,
@@ -301,6 +342,8 @@ fn report_line(name: &str, a: &Accounting, timeline: &Arc<Mutex<Timeline>>, w: W
         a.lost.len(),
         a.duplicated.len(),
         a.dead_lettered,
+        a.events,
+        a.duplicated_events.len(),
         w.start,
         w.end,
         t.longest_pause(1),

@@ -5,11 +5,15 @@
 //!   writer), each used from a blocking thread.
 //! - PostgreSQL (`postgres://...`): a connection pool; batches go in as arrays (`UNNEST`).
 //!
-//! Both hold the same two tables (see the migrations in each backend):
+//! Both hold the same tables (see the migrations in each backend):
 //! - `positions`: the history, one row per `(obu_id, seq)` (the primary key), so writing a batch
 //!   again (a replay after a crash, a new consumer group) inserts nothing twice;
 //! - `vehicles_latest`: one row per vehicle, replaced only by a higher seq, so neither a late
-//!   position nor a replay moves it backwards.
+//!   position nor a replay moves it backwards;
+//! - `events`: fleet events, one row per `event_id` (deterministic, so an event redelivered or
+//!   computed again is stored once), with the record's JSON as it came in `body`;
+//! - `trips`: one row per `trip` event (same `event_id`), its fields as columns, so trips can be
+//!   asked for by the time they overlap. Pruned with the events.
 //!
 //! obu_id and seq are u64 on the wire and signed 64-bit integers in both databases: values above
 //! `i64::MAX` cannot be stored (the ingest counts them as skipped, the API refuses such ids).
@@ -22,7 +26,7 @@ use std::sync::Arc;
 
 use fleetstream_core::ProcessedPosition;
 
-pub use self::model::{db_int, Bbox, BboxError, StoreError, WriteOutcome};
+pub use self::model::{db_int, Bbox, BboxError, EventQuery, EventRecordError, NewEvent, StoreError, TripRow, WriteOutcome};
 pub use self::postgres::PgStore;
 pub use self::sqlite::SqliteStore;
 
@@ -106,6 +110,51 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.prune(before).await,
             Store::Postgres(s) => s.prune(before).await,
+        }
+    }
+
+    /// In one transaction: inserts the events not stored yet (by event_id), and the trip of
+    /// each new `trip` event.
+    pub async fn write_events(&self, events: Arc<Vec<NewEvent>>) -> Result<WriteOutcome, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.write_events(events).await,
+            Store::Postgres(s) => s.write_events(&events).await,
+        }
+    }
+
+    /// The JSON bodies of the stored events the query asks for, newest first (by `ts`).
+    pub async fn events(&self, query: EventQuery) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.events(query).await,
+            Store::Postgres(s) => s.events(query).await,
+        }
+    }
+
+    /// The trips of a vehicle that overlap `from ..= to` (`start_ts <= to` and `end_ts >= from`,
+    /// device time, Unix ms), the latest-ending first; at most `limit`.
+    pub async fn trips(&self, obu_id: u64, from: i64, to: i64, limit: usize) -> Result<Vec<TripRow>, StoreError> {
+        let id = db_int(obu_id)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        match self {
+            Store::Sqlite(s) => s.trips(id, from, to, limit).await,
+            Store::Postgres(s) => s.trips(id, from, to, limit).await,
+        }
+    }
+
+    /// Deletes events (and their trips) with `ts < before` (device time, Unix ms). Returns how
+    /// many events.
+    pub async fn prune_events(&self, before: i64) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.prune_events(before).await,
+            Store::Postgres(s) => s.prune_events(before).await,
+        }
+    }
+
+    /// How many events are stored.
+    pub async fn event_count(&self) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.event_count().await,
+            Store::Postgres(s) => s.event_count().await,
         }
     }
 

@@ -9,16 +9,18 @@ use std::time::Duration;
 use deadpool_postgres::tokio_postgres::{self, types::ToSql, NoTls, Row};
 use deadpool_postgres::{GenericClient as _, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
+use fleetstream_core::events::Trip;
 use fleetstream_core::{now_ms, ProcessedPosition};
 
-use super::model::{db_int, from_db, Bbox, StoreError, WriteOutcome};
+use super::model::{db_int, from_db, Bbox, EventQuery, NewEvent, SqlArg, StoreError, TripRow, WriteOutcome, TRIP_COLUMNS};
 
 /// Versioned migrations, applied in order, each once, under an advisory lock so that trackers
 /// starting together do not race.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "positions and vehicles_latest",
-    "CREATE TABLE positions (
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "positions and vehicles_latest",
+        "CREATE TABLE positions (
         obu_id BIGINT NOT NULL,
         seq BIGINT NOT NULL,
         ts BIGINT NOT NULL,
@@ -51,7 +53,46 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
         processed_at BIGINT NOT NULL,
         updated_at BIGINT NOT NULL
     );",
-)];
+    ),
+    (
+        2,
+        "events and trips",
+        // The body is TEXT, not JSONB: it is answered as it came, and JSONB refuses some valid
+        // JSON text (\u0000), which would stop the ingest on one record.
+        "CREATE TABLE events (
+            event_id TEXT PRIMARY KEY,
+            obu_id BIGINT NOT NULL,
+            type TEXT NOT NULL,
+            ts BIGINT NOT NULL,
+            seq BIGINT NOT NULL,
+            lat DOUBLE PRECISION NOT NULL,
+            lon DOUBLE PRECISION NOT NULL,
+            detected_at BIGINT NOT NULL,
+            body TEXT NOT NULL
+        );
+        CREATE INDEX events_by_vehicle_time ON events (obu_id, ts);
+        CREATE INDEX events_by_time ON events (ts);
+        CREATE TABLE trips (
+            event_id TEXT PRIMARY KEY,
+            obu_id BIGINT NOT NULL,
+            ts BIGINT NOT NULL,
+            start_ts BIGINT NOT NULL,
+            start_seq BIGINT NOT NULL,
+            start_lat DOUBLE PRECISION NOT NULL,
+            start_lon DOUBLE PRECISION NOT NULL,
+            end_ts BIGINT NOT NULL,
+            end_seq BIGINT NOT NULL,
+            end_lat DOUBLE PRECISION NOT NULL,
+            end_lon DOUBLE PRECISION NOT NULL,
+            distance_m DOUBLE PRECISION NOT NULL,
+            duration_s DOUBLE PRECISION NOT NULL,
+            max_speed_kmh DOUBLE PRECISION NOT NULL,
+            avg_speed_kmh DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX trips_by_vehicle_end ON trips (obu_id, end_ts);
+        CREATE INDEX trips_by_time ON trips (ts);",
+    ),
+];
 
 /// Key of the advisory lock held while migrating ("fleetstr" in ASCII).
 const MIGRATION_LOCK: i64 = 0x666c_6565_7473_7472;
@@ -135,6 +176,81 @@ impl Columns {
             &self.distance_m,
             &self.received_at,
             &self.processed_at,
+        ]
+    }
+}
+
+/// The columns of an events batch as arrays.
+#[derive(Default)]
+struct EventColumns<'a> {
+    event_id: Vec<&'a str>,
+    obu_id: Vec<i64>,
+    kind: Vec<&'static str>,
+    ts: Vec<i64>,
+    seq: Vec<i64>,
+    lat: Vec<f64>,
+    lon: Vec<f64>,
+    detected_at: Vec<i64>,
+    body: Vec<&'a str>,
+}
+
+/// The columns of the trips of an events batch as arrays, in `TRIP_COLUMNS` order, then `ts`.
+#[derive(Default)]
+struct TripColumns<'a> {
+    event_id: Vec<&'a str>,
+    obu_id: Vec<i64>,
+    start_ts: Vec<i64>,
+    start_seq: Vec<i64>,
+    start_lat: Vec<f64>,
+    start_lon: Vec<f64>,
+    end_ts: Vec<i64>,
+    end_seq: Vec<i64>,
+    end_lat: Vec<f64>,
+    end_lon: Vec<f64>,
+    distance_m: Vec<f64>,
+    duration_s: Vec<f64>,
+    max_speed_kmh: Vec<f64>,
+    avg_speed_kmh: Vec<f64>,
+    ts: Vec<i64>,
+}
+
+impl<'a> TripColumns<'a> {
+    fn push(&mut self, event_id: &'a str, obu_id: i64, ts: i64, t: &Trip) -> Result<(), StoreError> {
+        self.event_id.push(event_id);
+        self.obu_id.push(obu_id);
+        self.start_ts.push(t.start_ts);
+        self.start_seq.push(db_int(t.start_seq)?);
+        self.start_lat.push(t.start_lat);
+        self.start_lon.push(t.start_lon);
+        self.end_ts.push(t.end_ts);
+        self.end_seq.push(db_int(t.end_seq)?);
+        self.end_lat.push(t.end_lat);
+        self.end_lon.push(t.end_lon);
+        self.distance_m.push(t.distance_m);
+        self.duration_s.push(t.duration_s);
+        self.max_speed_kmh.push(t.max_speed_kmh);
+        self.avg_speed_kmh.push(t.avg_speed_kmh);
+        self.ts.push(ts);
+        Ok(())
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.event_id,
+            &self.obu_id,
+            &self.start_ts,
+            &self.start_seq,
+            &self.start_lat,
+            &self.start_lon,
+            &self.end_ts,
+            &self.end_seq,
+            &self.end_lat,
+            &self.end_lon,
+            &self.distance_m,
+            &self.duration_s,
+            &self.max_speed_kmh,
+            &self.avg_speed_kmh,
+            &self.ts,
         ]
     }
 }
@@ -282,6 +398,148 @@ impl PgStore {
                 return Ok(deleted);
             }
         }
+    }
+
+    pub async fn write_events(&self, events: &[NewEvent]) -> Result<WriteOutcome, StoreError> {
+        // One row per event_id, as for positions: indices map back without repeats.
+        let mut seen = std::collections::HashSet::with_capacity(events.len());
+        let firsts: Vec<&NewEvent> = events.iter().filter(|e| seen.insert(e.event().event_id.as_str())).collect();
+        let mut c = EventColumns::default();
+        let mut t = TripColumns::default();
+        for new in &firsts {
+            let e = new.event();
+            c.event_id.push(&e.event_id);
+            c.obu_id.push(db_int(e.obu_id)?);
+            c.kind.push(e.type_name());
+            c.ts.push(e.ts);
+            c.seq.push(db_int(e.seq)?);
+            c.lat.push(e.lat);
+            c.lon.push(e.lon);
+            c.detected_at.push(e.detected_at);
+            c.body.push(new.body());
+            if let Some(trip) = new.trip() {
+                t.push(&e.event_id, db_int(e.obu_id)?, e.ts, trip)?;
+            }
+        }
+
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO events (event_id, obu_id, type, ts, seq, lat, lon, detected_at, body)
+                 SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::int8[], $5::int8[], $6::float8[], $7::float8[], $8::int8[], $9::text[])
+                 ON CONFLICT (event_id) DO NOTHING
+                 RETURNING event_id",
+            )
+            .await?;
+        let rows = tx
+            .query(&insert, &[&c.event_id, &c.obu_id, &c.kind, &c.ts, &c.seq, &c.lat, &c.lon, &c.detected_at, &c.body])
+            .await?;
+        let mut new = std::collections::HashSet::with_capacity(rows.len());
+        for row in rows {
+            new.insert(row.try_get::<_, String>(0)?);
+        }
+        if !t.event_id.is_empty() {
+            let insert_trips = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO trips ({TRIP_COLUMNS}, ts)
+                     SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::float8[], $6::float8[], $7::int8[], $8::int8[],
+                                          $9::float8[], $10::float8[], $11::float8[], $12::float8[], $13::float8[], $14::float8[], $15::int8[])
+                     ON CONFLICT (event_id) DO NOTHING"
+                ))
+                .await?;
+            tx.execute(&insert_trips, &t.params()).await?;
+        }
+        tx.commit().await?;
+
+        let mut outcome = WriteOutcome::default();
+        for (i, e) in events.iter().enumerate() {
+            if new.remove(&e.event().event_id) {
+                outcome.inserted.push(i);
+            } else {
+                outcome.duplicates += 1;
+            }
+        }
+        Ok(outcome)
+    }
+
+    pub async fn events(&self, query: EventQuery) -> Result<Vec<String>, StoreError> {
+        let (sql, args) = query.sql('$')?;
+        let args: Vec<Box<dyn ToSql + Sync + Send>> = args
+            .into_iter()
+            .map(|a| -> Box<dyn ToSql + Sync + Send> {
+                match a {
+                    SqlArg::Int(i) => Box::new(i),
+                    SqlArg::Text(t) => Box::new(t),
+                }
+            })
+            .collect();
+        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(&sql).await?;
+        let rows = client.query(&stmt, &params).await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    pub async fn trips(&self, obu_id: i64, from: i64, to: i64, limit: i64) -> Result<Vec<TripRow>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {TRIP_COLUMNS} FROM trips
+                 WHERE obu_id = $1 AND end_ts >= $2 AND start_ts <= $3 ORDER BY end_ts DESC, event_id LIMIT $4"
+            ))
+            .await?;
+        let rows = client.query(&stmt, &[&obu_id, &from, &to, &limit]).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TripRow {
+                    event_id: r.try_get(0)?,
+                    obu_id: from_db(r.try_get(1)?),
+                    trip: Trip {
+                        start_ts: r.try_get(2)?,
+                        start_seq: from_db(r.try_get(3)?),
+                        start_lat: r.try_get(4)?,
+                        start_lon: r.try_get(5)?,
+                        end_ts: r.try_get(6)?,
+                        end_seq: from_db(r.try_get(7)?),
+                        end_lat: r.try_get(8)?,
+                        end_lon: r.try_get(9)?,
+                        distance_m: r.try_get(10)?,
+                        duration_s: r.try_get(11)?,
+                        max_speed_kmh: r.try_get(12)?,
+                        avg_speed_kmh: r.try_get(13)?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    pub async fn prune_events(&self, before: i64) -> Result<u64, StoreError> {
+        let client = self.pool.get().await?;
+        let mut deleted = 0u64;
+        // Trips go with their events (the same ts); only events are counted.
+        for table in ["trips", "events"] {
+            loop {
+                let n = client
+                    .execute(
+                        &format!("DELETE FROM {table} WHERE event_id IN (SELECT event_id FROM {table} WHERE ts < $1 LIMIT 10000)"),
+                        &[&before],
+                    )
+                    .await?;
+                if table == "events" {
+                    deleted += n;
+                }
+                if n < 10_000 {
+                    break;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    pub async fn event_count(&self) -> Result<i64, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client.query_one("SELECT count(*) FROM events", &[]).await?.try_get(0)?)
     }
 
     pub async fn vehicle_count(&self) -> Result<i64, StoreError> {

@@ -9,17 +9,20 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension as _, Row};
 
+use fleetstream_core::events::Trip;
 use fleetstream_core::{now_ms, ProcessedPosition};
 
-use super::model::{db_int, from_db, Bbox, StoreError, WriteOutcome};
+use super::model::{db_int, from_db, Bbox, EventQuery, NewEvent, SqlArg, StoreError, TripRow, WriteOutcome, TRIP_COLUMNS};
 
 /// Versioned migrations, applied in order, each once, each in its own transaction.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "positions and vehicles_latest",
-    "CREATE TABLE positions (
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "positions and vehicles_latest",
+        "CREATE TABLE positions (
         obu_id INTEGER NOT NULL,
         seq INTEGER NOT NULL,
         ts INTEGER NOT NULL,
@@ -52,7 +55,45 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
         processed_at INTEGER NOT NULL,
         updated_at INTEGER NOT NULL
     );",
-)];
+    ),
+    (
+        2,
+        "events and trips",
+        // A rowid table: bodies are a few hundred bytes, too large for WITHOUT ROWID to pay.
+        "CREATE TABLE events (
+            event_id TEXT PRIMARY KEY,
+            obu_id INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            ts INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            lat REAL NOT NULL,
+            lon REAL NOT NULL,
+            detected_at INTEGER NOT NULL,
+            body TEXT NOT NULL
+        );
+        CREATE INDEX events_by_vehicle_time ON events (obu_id, ts);
+        CREATE INDEX events_by_time ON events (ts);
+        CREATE TABLE trips (
+            event_id TEXT PRIMARY KEY,
+            obu_id INTEGER NOT NULL,
+            ts INTEGER NOT NULL,
+            start_ts INTEGER NOT NULL,
+            start_seq INTEGER NOT NULL,
+            start_lat REAL NOT NULL,
+            start_lon REAL NOT NULL,
+            end_ts INTEGER NOT NULL,
+            end_seq INTEGER NOT NULL,
+            end_lat REAL NOT NULL,
+            end_lon REAL NOT NULL,
+            distance_m REAL NOT NULL,
+            duration_s REAL NOT NULL,
+            max_speed_kmh REAL NOT NULL,
+            avg_speed_kmh REAL NOT NULL
+        );
+        CREATE INDEX trips_by_vehicle_end ON trips (obu_id, end_ts);
+        CREATE INDEX trips_by_time ON trips (ts);",
+    ),
+];
 
 const COLUMNS: &str = "obu_id, seq, ts, lat, lon, speed, heading, speed_computed, heading_computed, distance_m, received_at, processed_at";
 
@@ -207,6 +248,136 @@ impl SqliteStore {
             }
         })
         .await
+    }
+
+    pub async fn write_events(&self, events: Arc<Vec<NewEvent>>) -> Result<WriteOutcome, StoreError> {
+        run(&self.writer, move |conn| {
+            let tx = conn.transaction()?;
+            let mut outcome = WriteOutcome::default();
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO events (event_id, obu_id, type, ts, seq, lat, lon, detected_at, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (event_id) DO NOTHING",
+                )?;
+                let mut insert_trip = tx.prepare_cached(&format!(
+                    "INSERT INTO trips ({TRIP_COLUMNS}, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                     ON CONFLICT (event_id) DO NOTHING"
+                ))?;
+                for (i, new) in events.iter().enumerate() {
+                    let e = new.event();
+                    let changed = insert.execute(params![
+                        e.event_id,
+                        db_int(e.obu_id)?,
+                        e.type_name(),
+                        e.ts,
+                        db_int(e.seq)?,
+                        e.lat,
+                        e.lon,
+                        e.detected_at,
+                        new.body(),
+                    ])?;
+                    if changed != 1 {
+                        outcome.duplicates += 1;
+                        continue;
+                    }
+                    outcome.inserted.push(i);
+                    if let Some(t) = new.trip() {
+                        insert_trip.execute(params![
+                            e.event_id,
+                            db_int(e.obu_id)?,
+                            t.start_ts,
+                            db_int(t.start_seq)?,
+                            t.start_lat,
+                            t.start_lon,
+                            t.end_ts,
+                            db_int(t.end_seq)?,
+                            t.end_lat,
+                            t.end_lon,
+                            t.distance_m,
+                            t.duration_s,
+                            t.max_speed_kmh,
+                            t.avg_speed_kmh,
+                            e.ts,
+                        ])?;
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    pub async fn events(&self, query: EventQuery) -> Result<Vec<String>, StoreError> {
+        run(&self.reader, move |conn| {
+            let (sql, args) = query.sql('?')?;
+            let args = args.into_iter().map(|a| match a {
+                SqlArg::Int(i) => Value::Integer(i),
+                SqlArg::Text(t) => Value::Text(t.to_string()),
+            });
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn trips(&self, obu_id: i64, from: i64, to: i64, limit: i64) -> Result<Vec<TripRow>, StoreError> {
+        run(&self.reader, move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {TRIP_COLUMNS} FROM trips
+                 WHERE obu_id = ?1 AND end_ts >= ?2 AND start_ts <= ?3 ORDER BY end_ts DESC, event_id LIMIT ?4"
+            ))?;
+            let rows = stmt.query_map(params![obu_id, from, to, limit], |r| {
+                Ok(TripRow {
+                    event_id: r.get(0)?,
+                    obu_id: from_db(r.get(1)?),
+                    trip: Trip {
+                        start_ts: r.get(2)?,
+                        start_seq: from_db(r.get(3)?),
+                        start_lat: r.get(4)?,
+                        start_lon: r.get(5)?,
+                        end_ts: r.get(6)?,
+                        end_seq: from_db(r.get(7)?),
+                        end_lat: r.get(8)?,
+                        end_lon: r.get(9)?,
+                        distance_m: r.get(10)?,
+                        duration_s: r.get(11)?,
+                        max_speed_kmh: r.get(12)?,
+                        avg_speed_kmh: r.get(13)?,
+                    },
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn prune_events(&self, before: i64) -> Result<u64, StoreError> {
+        run(&self.writer, move |conn| {
+            let mut deleted = 0u64;
+            // Trips go with their events (the same ts); only events are counted.
+            for table in ["trips", "events"] {
+                loop {
+                    let n = conn.execute(
+                        &format!("DELETE FROM {table} WHERE event_id IN (SELECT event_id FROM {table} WHERE ts < ?1 LIMIT 10000)"),
+                        [before],
+                    )?;
+                    if table == "events" {
+                        deleted += n as u64;
+                    }
+                    if n < 10_000 {
+                        break;
+                    }
+                }
+            }
+            Ok(deleted)
+        })
+        .await
+    }
+
+    pub async fn event_count(&self) -> Result<i64, StoreError> {
+        run(&self.reader, |conn| Ok(conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?)).await
     }
 
     pub async fn vehicle_count(&self) -> Result<i64, StoreError> {

@@ -170,25 +170,6 @@ async fn the_live_feed_pushes_new_positions_as_they_are_stored() {
     assert!(gone, "the gauge drops when the client leaves");
 }
 
-/// (event, data) pairs of an SSE text.
-fn parse_sse(text: &str) -> Vec<(String, String)> {
-    text.split("\n\n")
-        .filter(|block| !block.is_empty())
-        .filter_map(|block| {
-            let mut event = None;
-            let mut data = Vec::new();
-            for line in block.lines() {
-                if let Some(e) = line.strip_prefix("event: ") {
-                    event = Some(e.to_string());
-                } else if let Some(d) = line.strip_prefix("data: ") {
-                    data.push(d);
-                }
-            }
-            event.map(|e| (e, data.join("\n")))
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_and_its_assets_are_served_from_the_binary() {
     let (broker, topics) = broker_and_topics(1).await;

@@ -5,6 +5,7 @@ use clap::Parser as _;
 use rdkafka::producer::FutureProducer;
 use serde_json::Value;
 
+use fleetstream_core::events::{Event, EventKind, Trip};
 use fleetstream_core::{now_ms, ProcessedPosition, VehicleLatest};
 use fleetstream_testkit::postgres::Postgres;
 use fleetstream_testkit::{eventually, unique, Broker, Running, Topics};
@@ -69,6 +70,8 @@ pub fn flags(broker: &Broker, topics: &Topics, db: &str, group: &str) -> Vec<Str
         format!("--group-id={group}"),
         format!("--positions-topic={}", topics.positions),
         format!("--latest-topic={}", topics.latest),
+        format!("--events-topic={}", topics.events),
+        format!("--geofences-topic={}", topics.geofences),
         "--flush-interval=200ms".into(),
         // No tiles: nothing may leave 127.0.0.1 in tests.
         "--tile-url=".into(),
@@ -119,6 +122,19 @@ impl TestTracker {
         (status, serde_json::from_str(&body).unwrap_or(Value::Null))
     }
 
+    /// Any request (`body` as JSON text, if any), returning the status, the headers and the body
+    /// as text.
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<&str>) -> (u16, reqwest::header::HeaderMap, String) {
+        let mut request = self.http.request(method.clone(), self.url(path));
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body.to_string());
+        }
+        let r = request.send().await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let (status, headers) = (r.status().as_u16(), r.headers().clone());
+        let text = r.text().await.unwrap_or_else(|e| panic!("{method} {path}: reading the body: {e}"));
+        (status, headers, text)
+    }
+
     /// GET, expecting 200 and a JSON body.
     pub async fn get_ok(&self, path: &str) -> Value {
         let (status, body) = self.get_text(path).await;
@@ -154,6 +170,7 @@ pub fn metric(metrics: &Metrics, name: &str, label: Option<(&str, &str)>) -> f64
     fleetstream_testkit::metric_value(&fleetstream_core::telemetry::render(&metrics.registry), name, label)
 }
 
+/// Fresh pipeline topics (events and geofences included) on the shared broker.
 pub async fn broker_and_topics(partitions: i32) -> (Broker, Topics) {
     let broker = Broker::shared();
     let topics = broker.topics(partitions).await.unwrap_or_else(|e| panic!("{e:#}"));
@@ -197,6 +214,34 @@ pub async fn produce_latest(producer: &FutureProducer, topic: &str, positions: &
             .await
             .unwrap_or_else(|e| panic!("{e:#}"));
     }
+}
+
+/// Writes events to the events topic as the processor does: JSON, keyed by obu_id.
+pub async fn produce_events(producer: &FutureProducer, topic: &str, events: &[Event]) {
+    for e in events {
+        fleetstream_testkit::produce_with(producer, topic, Some(&e.obu_id.to_string()), &e.to_json(), &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+}
+
+/// A trip of `obu_id` from `start_ts` to `end_ts` (its event at `end_ts`, triggered by `end_seq`).
+pub fn trip(obu_id: u64, start_ts: i64, end_ts: i64, end_seq: u64) -> Event {
+    let t = Trip {
+        start_ts,
+        start_seq: end_seq - 10,
+        start_lat: 52.50,
+        start_lon: 13.40,
+        end_ts,
+        end_seq,
+        end_lat: 52.52,
+        end_lon: 13.45,
+        distance_m: 4_200.0,
+        duration_s: ((end_ts - start_ts) / 1000) as f64,
+        max_speed_kmh: 72.5,
+        avg_speed_kmh: 41.3,
+    };
+    Event::new(obu_id, end_seq, end_ts, 52.52, 13.45, end_ts + 50, EventKind::Trip(t))
 }
 
 /// `n` positions of one vehicle, one a second, ending `ends_ago` ms before now, moving north-east.
@@ -243,4 +288,23 @@ macro_rules! both_backends {
 /// shortest round-trip form in the last bit.
 pub fn near(got: &Value, want: f64) -> bool {
     got.as_f64().is_some_and(|g| (g - want).abs() < 1e-9)
+}
+
+/// (event, data) pairs of an SSE text.
+pub fn parse_sse(text: &str) -> Vec<(String, String)> {
+    text.split("\n\n")
+        .filter(|block| !block.is_empty())
+        .filter_map(|block| {
+            let mut event = None;
+            let mut data = Vec::new();
+            for line in block.lines() {
+                if let Some(e) = line.strip_prefix("event: ") {
+                    event = Some(e.to_string());
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data.push(d);
+                }
+            }
+            event.map(|e| (e, data.join("\n")))
+        })
+        .collect()
 }

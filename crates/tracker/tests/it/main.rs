@@ -7,6 +7,8 @@
 
 mod api;
 mod cdp;
+mod events;
+mod geofences;
 mod helpers;
 mod map;
 mod storage;

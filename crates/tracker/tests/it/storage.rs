@@ -205,7 +205,7 @@ async fn migrations_are_versioned_and_applied_once(backend: Backend) {
     let db = Db::new(backend);
     let mut first = TestTracker::spawn(&broker, &topics, &db, &[]).await;
     let applied = first.store.migrations().await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(applied, vec![(1, "positions and vehicles_latest".to_string())]);
+    assert_eq!(applied, vec![(1, "positions and vehicles_latest".to_string()), (2, "events and trips".to_string())]);
     first.shutdown().await.unwrap_or_else(|e| panic!("{e:#}"));
     // A restart on the same database finds them applied and keeps the data.
     let producer = broker.producer().unwrap_or_else(|e| panic!("{e}"));
