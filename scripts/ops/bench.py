@@ -168,6 +168,11 @@ def sim(args):
     return json.loads(out)
 
 
+def stage_geofences():
+    """Point-in-fence cost at 10, 1,000 and 10,000 fences (no broker involved)."""
+    return json.loads(run([REL / "geofence-bench", "--json", "--lookups", "300000", "--rounds", "5"]))
+
+
 def stage_baseline(broker):
     t = broker.topics()
     r = json.loads(run([REL / "produce-bench", "--brokers", broker.brokers, "--topic", t["gpscoords"],
@@ -389,6 +394,7 @@ def main():
                 e2e[r].append(stage_e2e(broker, r))
             conns.append(stage_connections(broker))
         results["baseline"] = {"per_s": base, "count": N_BASELINE}
+        results["geofences"] = stage_geofences()
         results["ingest"] = {"per_s": [x[0] for x in ingest], "p50": [x[1]["p50"] for x in ingest],
                              "p99": [x[1]["p99"] for x in ingest], "count": N_INGEST}
         results["processor"] = {"per_s": [x[0] for x in procs_], "count": N_PROCESSOR, "invalid_pct": 5, "duplicate_pct": 2}

@@ -137,7 +137,9 @@ impl Fence {
             return false;
         }
         match &self.shape {
-            Shape::Polygons(area) => area.intersects(&Coord { x: lon, y: lat }),
+            // Polygon by polygon: `MultiPolygon::intersects` would first recompute its bounding box
+            // from every vertex, on each call, though `bbox` has already answered that.
+            Shape::Polygons(area) => area.iter().any(|p| p.intersects(&Coord { x: lon, y: lat })),
             Shape::Circle { lat: clat, lon: clon, radius_m } => {
                 distance_m(lat, lon, *clat, *clon) <= *radius_m
             }

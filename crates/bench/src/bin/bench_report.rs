@@ -156,6 +156,16 @@ fn main() -> anyhow::Result<()> {
         writeln!(md, "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {} |", s["rate"], s["vehicles"], median(&s["acked_per_s"]), median(&s["arrived"]), median(&s["p50"]), median(&s["p99"]), median(&s["max"]), kept)?;
     }
     writeln!(md, "\n\"Kept up\": the simulator achieved at least 95% of the offered rate, every acked position arrived in `positions` within the run plus 5 s, and the p99 latency stayed under {} ms (a growing backlog shows as a p99 of seconds).\n", r["sustained_p99_ms"].as_f64().unwrap_or(500.0))?;
+    if let Some(rows) = r["geofences"].as_array() {
+        writeln!(md, "## Geofence lookups\n")?;
+        writeln!(md, "Nanoseconds per `FenceIndex::containing` (R-tree of bounding boxes, then the exact test), fastest of 5 rounds; 20-vertex polygons 700 m apart over Berlin (`geofence-bench`). \"Hot\" keeps the points to 10 fences (in cache); the last column tests every fence instead of using the index.\n")?;
+        writeln!(md, "| fences | index build ms | far from all | between fences | inside one | inside, hot | testing every fence |\n|---|---|---|---|---|---|---|")?;
+        for row in rows {
+            let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
+            writeln!(md, "| {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |", row["fences"], f("build_ms"), f("far_ns"), f("between_ns"), f("inside_ns"), f("hot_ns"), f("scan_ns"))?;
+        }
+        writeln!(md)?;
+    }
     if let Some(notes) = r["notes"].as_array() {
         writeln!(md, "## Where the time goes\n")?;
         for n in notes {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use fleetstream_testkit::Signal;
 
 use crate::helpers::*;
-use crate::workload::{assert_accounted, stream_positions};
+use crate::workload::{assert_accounted, assert_events_once, stream_positions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_processor_is_fenced_when_it_wakes_up() {
@@ -47,6 +47,7 @@ async fn a_frozen_processor_is_fenced_when_it_wakes_up() {
     // Evicted by the 10 s session timeout, counted from its last heartbeat (1 s interval).
     assert!(frozen_for > Duration::from_secs(8), "frozen until the session timed out, was {frozen_for:?}");
     assert_accounted(&broker, &topics, &produced);
+    assert_events_once(&broker, &topics, &produced);
     let successor = successor.expect("a successor was started");
     assert!(successor.metric("fleetstream_processor_positions_valid_total").await > 0.0, "the successor processed positions");
 }

@@ -91,3 +91,24 @@ pub fn assert_accounted(broker: &Broker, topics: &Topics, produced: &Produced) {
     }
 }
 
+
+/// Every fleet event once (as read_committed sees `events`), and each vehicle online exactly
+/// once (the streams are shorter than the offline timeout).
+pub fn assert_events_once(broker: &Broker, topics: &Topics, produced: &Produced) {
+    let vehicles = produced.valid.len();
+    let events = broker.read(&topics.events, vehicles, Duration::from_secs(2), Duration::from_secs(60)).expect("events are readable");
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    let mut online: HashMap<u64, usize> = HashMap::new();
+    for r in &events {
+        let v = r.json();
+        *ids.entry(v["event_id"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+        if v["type"] == "online" {
+            *online.entry(v["obu_id"].as_u64().unwrap_or_default()).or_default() += 1;
+        }
+    }
+    let twice: Vec<&String> = ids.iter().filter(|(_, n)| **n > 1).map(|(id, _)| id).collect();
+    assert!(twice.is_empty(), "events written twice: {twice:?}");
+    for obu in produced.valid.keys() {
+        assert_eq!(online.get(obu), Some(&1), "vehicle {obu} came online exactly once");
+    }
+}
