@@ -347,7 +347,7 @@ class Static:
                 if var.endswith("_TOPIC") and (target, var) in topic_defaults and value != topic_defaults[(target, var)]:
                     problems.append(f"{name}: {var}={value}, the service's default is {topic_defaults[(target, var)]}")
         if self.kafka_help is not None:
-            local = {self.kafka_help.get(v) for v in ("TOPIC_RAW", "TOPIC_POSITIONS", "TOPIC_LATEST", "TOPIC_DLQ")}
+            local = {self.kafka_help.get(v) for v in ("TOPIC_RAW", "TOPIC_POSITIONS", "TOPIC_LATEST", "TOPIC_DLQ", "TOPIC_EVENTS", "TOPIC_GEOFENCES")}
             if local != wanted:
                 problems.append(f"kafka-local creates {sorted(map(str, local))}, the services use {sorted(wanted)}")
         created = run_kafka_init(self.services.get("kafka-init"), self.work)
@@ -357,11 +357,14 @@ class Static:
             names = {t for t, _, _ in created}
             if names != wanted:
                 problems.append(f"kafka-init creates {sorted(names)}, the services use {sorted(wanted)}")
-            parts = {p for _, p, _ in created}
+            geofences = next((v for (b, k), v in topic_defaults.items() if k.endswith("GEOFENCES_TOPIC")), "geofences")
+            parts = {p for t, p, _ in created if t != geofences}
             expected_parts = self.services["kafka-init"]["environment"].get("PARTITIONS")
             if parts != {str(expected_parts)}:
                 problems.append(f"kafka-init partitions {parts}, expected {expected_parts}")
             cfg = {t: c for t, _, c in created}
+            if {p for t, p, _ in created if t == geofences} != {"1"} or "cleanup.policy=compact" not in cfg.get(geofences, []):
+                problems.append(f"{geofences} is not created compacted with one partition")
             latest = next((v for (b, k), v in topic_defaults.items() if k.endswith("LATEST_TOPIC")), "vehicle-latest")
             dlq = next((v for (b, k), v in topic_defaults.items() if k.endswith("DLQ_TOPIC")), "gpscoords-dlq")
             if "cleanup.policy=compact" not in cfg.get(latest, []):
@@ -375,7 +378,8 @@ class Static:
         topic_defaults = self.topic_defaults()
         with open(path, "w") as f:
             for var, key in (("TOPIC_RAW", "PROCESSOR_INPUT_TOPIC"), ("TOPIC_POSITIONS", "PROCESSOR_POSITIONS_TOPIC"),
-                             ("TOPIC_LATEST", "PROCESSOR_LATEST_TOPIC"), ("TOPIC_DLQ", "PROCESSOR_DLQ_TOPIC")):
+                             ("TOPIC_LATEST", "PROCESSOR_LATEST_TOPIC"), ("TOPIC_DLQ", "PROCESSOR_DLQ_TOPIC"),
+                             ("TOPIC_EVENTS", "PROCESSOR_EVENTS_TOPIC"), ("TOPIC_GEOFENCES", "PROCESSOR_GEOFENCES_TOPIC")):
                 f.write(f"{var}={topic_defaults.get(('processor', key), '')}\n")
 
     def alerts(self):

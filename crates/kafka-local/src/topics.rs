@@ -24,17 +24,26 @@ pub struct TopicNames {
     /// Dead letters.
     #[arg(long = "topic-dlq", env = "TOPIC_DLQ", default_value = fleetstream_core::topics::DLQ)]
     pub dlq: String,
+    /// Fleet events.
+    #[arg(long = "topic-events", env = "TOPIC_EVENTS", default_value = fleetstream_core::topics::EVENTS)]
+    pub events: String,
+    /// Geofences (compacted, one partition).
+    #[arg(long = "topic-geofences", env = "TOPIC_GEOFENCES", default_value = fleetstream_core::topics::GEOFENCES)]
+    pub geofences: String,
 }
 
 impl TopicNames {
-    /// The topics with `partitions` partitions each; replication is the broker default
-    /// (3 on a cluster, 1 on a single node).
+    /// The topics with `partitions` partitions each (the geofences one: few records, read whole
+    /// by every processor); replication is the broker default (3 on a cluster, 1 on a single
+    /// node).
     pub fn specs(&self, partitions: i32) -> Vec<TopicSpec> {
         vec![
             TopicSpec::new(&self.raw, partitions),
             TopicSpec::new(&self.positions, partitions),
             TopicSpec::new(&self.latest, partitions).config("cleanup.policy", "compact"),
             TopicSpec::new(&self.dlq, partitions),
+            TopicSpec::new(&self.events, partitions),
+            TopicSpec::new(&self.geofences, 1).config("cleanup.policy", "compact"),
         ]
     }
 }

@@ -141,17 +141,26 @@ impl Follower {
         }
     }
 
-    /// Assigns every partition from the start; the offsets that end what exists now.
+    /// Assigns every partition from the start; the offsets that end what exists now. A topic
+    /// created a moment ago may not be in every broker's metadata yet, or have no leader yet:
+    /// that is retried for a while.
     fn assign(&self) -> anyhow::Result<HashMap<i32, i64>> {
-        // A topic created a moment ago may not be in every broker's metadata yet.
         let deadline = Instant::now() + Duration::from_secs(30);
-        let partitions = loop {
-            match partition_count(self.consumer.client(), &self.topic, Duration::from_secs(10))? {
-                Some(n) => break n,
-                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(250)),
-                None => anyhow::bail!("geofences topic {} does not exist (create it, or pass --create-topics true)", self.topic),
+        loop {
+            match self.try_assign() {
+                Ok(ends) => return Ok(ends),
+                Err(error) if Instant::now() < deadline => {
+                    tracing::debug!(error = format!("{error:#}"), "geofences topic not readable yet; retrying");
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(error) => return Err(error),
             }
-        };
+        }
+    }
+
+    fn try_assign(&self) -> anyhow::Result<HashMap<i32, i64>> {
+        let partitions = partition_count(self.consumer.client(), &self.topic, Duration::from_secs(10))?
+            .with_context(|| format!("geofences topic {} does not exist (create it, or pass --create-topics true)", self.topic))?;
         let mut tpl = TopicPartitionList::new();
         let mut ends = HashMap::new();
         for p in 0..partitions {
