@@ -13,6 +13,7 @@ use fleetstream_core::dlq;
 use fleetstream_testkit::{Broker, Record, Running, Topics};
 
 mod drills;
+mod fences;
 
 pub fn parse<T: clap::Parser>(args: Vec<String>) -> T {
     T::try_parse_from(args).unwrap_or_else(|e| panic!("{e}"))
