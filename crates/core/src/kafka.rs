@@ -185,6 +185,51 @@ pub fn partition_count<C: rdkafka::ClientContext>(
         .filter(|n| *n > 0))
 }
 
+/// Where a topic read whole from its beginning (a compacted table such as `geofences`) ended
+/// when the reading started: once every partition has been read past its end, the reader holds
+/// everything that existed then.
+#[derive(Debug, Clone, Default)]
+pub struct CatchUp(std::collections::HashMap<i32, i64>);
+
+impl CatchUp {
+    /// A record at `offset` of `partition` was read.
+    pub fn read(&mut self, partition: i32, offset: i64) {
+        if self.0.get(&partition).is_some_and(|end| offset + 1 >= *end) {
+            self.0.remove(&partition);
+        }
+    }
+
+    /// The end of `partition` was reached (a partition EOF).
+    pub fn reached_end(&mut self, partition: i32) {
+        self.0.remove(&partition);
+    }
+
+    pub fn done(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Assigns every partition of `topic` to `consumer` from its beginning (no group: nothing is
+/// committed) and returns where each partition ends now. Blocking: metadata and watermarks.
+pub fn assign_whole<C: rdkafka::consumer::ConsumerContext, K: rdkafka::consumer::Consumer<C>>(
+    consumer: &K,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<CatchUp> {
+    let partitions = partition_count(consumer.client(), topic, timeout)?.with_context(|| format!("topic {topic} does not exist (yet)"))?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let mut ends = std::collections::HashMap::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        if high > low {
+            ends.insert(p, high);
+        }
+    }
+    consumer.assign(&tpl)?;
+    Ok(CatchUp(ends))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +239,18 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         kafka: KafkaArgs,
+    }
+
+    #[test]
+    fn a_catch_up_is_done_when_every_partition_was_read_to_its_end() {
+        let mut c = CatchUp([(0, 10), (2, 3)].into_iter().collect());
+        c.read(0, 8);
+        c.reached_end(1);
+        assert!(!c.done());
+        c.read(0, 9);
+        c.read(2, 2);
+        assert!(c.done());
+        assert!(CatchUp::default().done(), "an empty topic is read at once");
     }
 
     #[test]

@@ -11,12 +11,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message as _;
-use rdkafka::{Offset, TopicPartitionList};
 
 use fleetstream_core::geofence::{parse_collection, Fence, FenceIndex};
-use fleetstream_core::kafka::partition_count;
+use fleetstream_core::kafka::{assign_whole, CatchUp};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -113,9 +112,7 @@ impl Follower {
                     let m = m.detach();
                     changed |= self.apply(m.key(), m.payload(), m.offset());
                     if let Some((_, ends)) = &mut ready {
-                        if ends.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
-                            ends.remove(&m.partition());
-                        }
+                        ends.read(m.partition(), m.offset());
                     }
                 }
                 Some(Err(error)) => {
@@ -131,7 +128,7 @@ impl Follower {
                     }
                 }
             }
-            if ready.as_ref().is_some_and(|(_, ends)| ends.is_empty()) {
+            if ready.as_ref().is_some_and(|(_, ends)| ends.done()) {
                 self.publish();
                 changed = false;
                 if let Some((tx, _)) = ready.take() {
@@ -144,7 +141,7 @@ impl Follower {
     /// Assigns every partition from the start; the offsets that end what exists now. A topic
     /// created a moment ago may not be in every broker's metadata yet, or have no leader yet:
     /// that is retried for a while.
-    fn assign(&self) -> anyhow::Result<HashMap<i32, i64>> {
+    fn assign(&self) -> anyhow::Result<CatchUp> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match self.try_assign() {
@@ -158,20 +155,8 @@ impl Follower {
         }
     }
 
-    fn try_assign(&self) -> anyhow::Result<HashMap<i32, i64>> {
-        let partitions = partition_count(self.consumer.client(), &self.topic, Duration::from_secs(10))?
-            .with_context(|| format!("geofences topic {} does not exist (create it, or pass --create-topics true)", self.topic))?;
-        let mut tpl = TopicPartitionList::new();
-        let mut ends = HashMap::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(&self.topic, p, Offset::Beginning)?;
-            let (low, high) = self.consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(10))?;
-            if high > low {
-                ends.insert(p, high);
-            }
-        }
-        self.consumer.assign(&tpl)?;
-        Ok(ends)
+    fn try_assign(&self) -> anyhow::Result<CatchUp> {
+        assign_whole(&self.consumer, &self.topic, Duration::from_secs(10))
     }
 
     /// One record: a fence (replacing one with its id) or a tombstone. True if it changed

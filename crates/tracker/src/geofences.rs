@@ -14,21 +14,20 @@
 //! higher offset replaces it (a key always maps to the same partition). Deleted fences are
 //! remembered the same way, as tombstones.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use fleetstream_core::geofence::Fence;
-use fleetstream_core::kafka::{ensure_topics, TopicSpec};
+use fleetstream_core::kafka::{assign_whole, ensure_topics, CatchUp, TopicSpec};
 use fleetstream_core::telemetry::Throttle;
 
 use crate::config::Config;
@@ -251,13 +250,11 @@ impl Geofences {
             match message {
                 Ok(m) => {
                     self.apply_record(&m, &mut invalid);
-                    if ends.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
-                        ends.remove(&m.partition());
-                        self.mark_loaded_if(&ends);
-                    }
+                    ends.read(m.partition(), m.offset());
+                    self.mark_loaded_if(&ends);
                 }
                 Err(KafkaError::PartitionEOF(p)) => {
-                    ends.remove(&p);
+                    ends.reached_end(p);
                     self.mark_loaded_if(&ends);
                 }
                 Err(error) => {
@@ -270,8 +267,8 @@ impl Geofences {
         }
     }
 
-    fn mark_loaded_if(&self, ends: &HashMap<i32, i64>) {
-        if !ends.is_empty() {
+    fn mark_loaded_if(&self, ends: &CatchUp) {
+        if !ends.done() {
             return;
         }
         let mut state = self.write();
@@ -283,7 +280,7 @@ impl Geofences {
 
     /// Creates the topic if needed, assigns all its partitions from the beginning; returns the
     /// consumer and where each non-empty partition ended at that moment.
-    async fn start(&self, config: &Config) -> anyhow::Result<(StreamConsumer, HashMap<i32, i64>)> {
+    async fn start(&self, config: &Config) -> anyhow::Result<(StreamConsumer, CatchUp)> {
         let spec = TopicSpec::new(self.topic.as_ref(), 1).config("cleanup.policy", "compact");
         if let Err(error) = ensure_topics(&config.kafka.admin()?, &[spec]).await {
             // It may exist and only creating be forbidden: reading it is what counts.
@@ -304,25 +301,7 @@ impl Geofences {
         let topic = self.topic.clone();
         // Metadata and watermarks are blocking calls.
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let timeout = Duration::from_secs(10);
-            let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
-            let partitions: Vec<i32> = metadata
-                .topics()
-                .iter()
-                .filter(|t| t.name() == &*topic && t.error().is_none())
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
-            anyhow::ensure!(!partitions.is_empty(), "topic {topic} has no partitions yet");
-            let mut tpl = TopicPartitionList::new();
-            let mut ends = HashMap::new();
-            for p in partitions {
-                let (low, high) = consumer.fetch_watermarks(&topic, p, timeout)?;
-                if high > low {
-                    ends.insert(p, high);
-                }
-                tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
-            }
-            consumer.assign(&tpl)?;
+            let ends = assign_whole(&consumer, &topic, Duration::from_secs(10))?;
             Ok((consumer, ends))
         })
         .await?
