@@ -272,6 +272,25 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_examples_are_what_the_code_writes() {
+        let doc = include_str!("../../../docs/wire-format.md");
+        let block = doc.split("One example of each type").nth(1).and_then(|rest| rest.split("```json\n").nth(1)).and_then(|b| b.split("```").next());
+        let lines: Vec<&str> = block.unwrap_or_default().lines().filter(|l| !l.trim().is_empty()).collect();
+        let mut types: Vec<&str> = Vec::new();
+        for line in &lines {
+            let e: Event = serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}"));
+            assert_eq!(String::from_utf8(e.to_json()).unwrap_or_default(), *line, "written exactly so");
+            let again = Event::new(e.obu_id, e.seq, e.ts, e.lat, e.lon, e.detected_at, e.kind.clone());
+            assert_eq!(again.event_id, e.event_id, "the documented id is the computed one");
+            types.push(e.type_name());
+        }
+        types.sort_unstable();
+        let mut all = TYPES.to_vec();
+        all.sort_unstable();
+        assert_eq!(types, all, "one example of every type");
+    }
+
+    #[test]
     fn a_trip_flattens_its_fields() {
         let trip = Trip {
             start_ts: 1,
