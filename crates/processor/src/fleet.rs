@@ -328,11 +328,11 @@ mod tests {
         }
     }
 
-    /// A depot (a square around 13.000-13.010) and a school zone (a 300 m circle at 13.020,
+    /// A depot (13.000-13.018) and a school zone overlapping it (a 300 m circle at 13.020,
     /// limit 30 km/h).
     fn fences() -> FenceIndex {
         let depot = json!({"type": "Feature", "id": "depot", "properties": {"name": "Depot"},
-            "geometry": {"type": "Polygon", "coordinates": [[[13.0, 51.995], [13.01, 51.995], [13.01, 52.005], [13.0, 52.005], [13.0, 51.995]]]}});
+            "geometry": {"type": "Polygon", "coordinates": [[[13.0, 51.995], [13.018, 51.995], [13.018, 52.005], [13.0, 52.005], [13.0, 51.995]]]}});
         let school = json!({"type": "Feature", "id": "school", "properties": {"name": "School", "radius_m": 300.0, "speed_limit_kmh": 30.0},
             "geometry": {"type": "Point", "coordinates": [13.02, 52.0]}});
         FenceIndex::new([depot, school].iter().map(|f| Fence::from_feature(f, None).expect("a valid fence")))
@@ -432,10 +432,10 @@ mod tests {
                 "geofence_enter depot",
                 "ignition_on",
                 "moving",
-                "geofence_exit depot",
                 "geofence_enter school",
                 "overspeed school",
                 "overspeed_end school",
+                "geofence_exit depot",
                 "geofence_exit school",
                 "stopped",
                 "moving",
@@ -488,17 +488,17 @@ mod tests {
     fn jitter_on_a_boundary_makes_no_storm() {
         let (rules, fences) = (rules(), fences());
         let mut state = FleetState::default();
-        // Inside the depot for 20 s, then parked on its east edge (13.010) with GPS noise of
+        // Inside the depot for 20 s, then parked on its west edge (13.000) with GPS noise of
         // ±5 m either side, 10 minutes.
         let mut events = Vec::new();
         for i in 0..310u64 {
-            let noise = if i < 10 { -100.0 } else if i % 3 == 0 { 6.0 } else { -5.0 } / M_PER_DEG_LON;
+            let noise = if i < 10 { 100.0 } else if i % 3 == 0 { -6.0 } else { 5.0 } / M_PER_DEG_LON;
             let p = ProcessedPosition {
                 obu_id: 7,
                 seq: i + 1,
                 ts: T0 + i as i64 * 2_000,
                 lat: 52.0,
-                lon: 13.01 + noise,
+                lon: 13.0 + noise,
                 speed: Some(0.0),
                 heading: None,
                 speed_computed: false,
@@ -518,9 +518,9 @@ mod tests {
         let mut state = FleetState::default();
         let mut events = Vec::new();
         for i in 0..300u64 {
-            let noise = if i % 3 == 0 { -5.0 } else { 6.0 } / M_PER_DEG_LON;
+            let noise = if i % 3 == 0 { 5.0 } else { -6.0 } / M_PER_DEG_LON;
             let mut p = route().positions[0].clone();
-            (p.seq, p.ts, p.processed_at, p.lon) = (i + 1, T0 + i as i64 * 2_000, T0 + i as i64 * 2_000, 13.01 + noise);
+            (p.seq, p.ts, p.processed_at, p.lon) = (i + 1, T0 + i as i64 * 2_000, T0 + i as i64 * 2_000, 13.0 + noise);
             let inside = fences.containing(p.lat, p.lon);
             events.extend(rules.on_position(&fences, &inside, &mut state, None, &p, p.processed_at));
         }

@@ -26,11 +26,11 @@ const RULES: [(&str, &str); 7] = [
 /// Metres per degree of longitude at 52° N.
 const M_PER_DEG_LON: f64 = 68_535.0;
 
-/// A depot (a square over 13.000-13.010) and a school zone (a 300 m circle at 13.020 with a
+/// A depot (13.000-13.018) and a school zone overlapping it (a 300 m circle at 13.020 with a
 /// 30 km/h limit), as the tracker's API writes them.
 async fn put_fences(broker: &Broker, topics: &Topics) {
     let depot = json!({"type": "Feature", "id": "depot", "properties": {"name": "Depot"},
-        "geometry": {"type": "Polygon", "coordinates": [[[13.0, 51.995], [13.01, 51.995], [13.01, 52.005], [13.0, 52.005], [13.0, 51.995]]]}});
+        "geometry": {"type": "Polygon", "coordinates": [[[13.0, 51.995], [13.018, 51.995], [13.018, 52.005], [13.0, 52.005], [13.0, 51.995]]]}});
     let school = json!({"type": "Feature", "id": "school", "properties": {"name": "School", "radius_m": 300.0, "speed_limit_kmh": 30.0},
         "geometry": {"type": "Point", "coordinates": [13.02, 52.0]}});
     for (id, fence) in [("depot", depot), ("school", school)] {
@@ -76,16 +76,17 @@ fn route(obu: u64) -> Route {
     r
 }
 
-/// The route's events, in order: type, and fence where there is one.
+/// The route's events, in order: type, and fence where there is one. The school zone overlaps
+/// the depot: the vehicle is in both for a while, under the school's limit.
 const EXPECTED: [&str; 14] = [
     "online",
     "geofence_enter depot",
     "ignition_on",
     "moving",
-    "geofence_exit depot",
     "geofence_enter school",
     "overspeed school",
     "overspeed_end school",
+    "geofence_exit depot",
     "geofence_exit school",
     "stopped",
     "moving",
@@ -112,7 +113,7 @@ fn events_of(records: &[Record], obu: u64) -> Vec<Value> {
 fn assert_route_events(events: &[Value], obu: u64) {
     let names: Vec<String> = events.iter().map(name).collect();
     assert_eq!(names, EXPECTED, "vehicle {obu}: the route's events, in order, once each");
-    let overspeed = &events[6];
+    let overspeed = &events[5];
     assert_eq!((overspeed["limit_kmh"].as_f64(), overspeed["peak_kmh"].as_f64()), (Some(30.0), Some(50.0)), "{overspeed}");
     assert_eq!(overspeed["fence_id"], "school");
     let enter = &events[1];
@@ -177,12 +178,12 @@ async fn a_scripted_route_gives_its_events_once_through_kill_9_and_late_position
     }
     send(&broker, &topics, 3, &late, Duration::ZERO).await;
 
-    // Vehicle 4 parks on the depot's east edge (13.010) after 20 s inside, GPS noise of ±5 m
+    // Vehicle 4 parks on the depot's west edge (13.000) after 20 s inside, GPS noise of ±5 m
     // either side for 5 minutes: entered once, never left.
-    let mut jitter = Route { obu: 4, seq: 0, ts: now_ms() - 3_600_000, lon: 13.0085, ignition: false, positions: Vec::new() };
+    let mut jitter = Route { obu: 4, seq: 0, ts: now_ms() - 3_600_000, lon: 13.0015, ignition: false, positions: Vec::new() };
     jitter.drive(0.0, 20);
     for i in 0..150 {
-        jitter.lon = 13.01 + if i % 3 == 0 { 6.0 } else { -5.0 } / M_PER_DEG_LON;
+        jitter.lon = 13.0 + if i % 3 == 0 { -6.0 } else { 5.0 } / M_PER_DEG_LON;
         jitter.drive(0.0, 2);
     }
     send(&broker, &topics, 4, &jitter.positions, Duration::ZERO).await;
