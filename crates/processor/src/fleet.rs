@@ -94,6 +94,15 @@ impl EventRules {
         state.heard_at = now;
         self.attributes(state, p, &mut out);
         self.geofences(inside, state, p, &mut out);
+        // Distance counts whether or not the position has a speed.
+        if let Some(trip) = &mut state.trip {
+            trip.distance_m += p.distance_m;
+            trip.max_speed_kmh = trip.max_speed_kmh.max(p.speed.unwrap_or(0.0));
+        }
+        if state.motion_change.is_some() {
+            state.change_distance_m += p.distance_m;
+            state.change_max_kmh = state.change_max_kmh.max(p.speed.unwrap_or(0.0));
+        }
         if let Some(speed) = p.speed {
             self.overspeed(fences, state, p, speed, &mut out);
             self.motion(state, p, speed, &mut out);
@@ -102,7 +111,9 @@ impl EventRules {
     }
 
     /// `offline` for a vehicle silent for `--offline-after` by `now`, whose latest position is
-    /// `latest`; a trip in progress ends with it (a parked vehicle often stops reporting).
+    /// `latest`; a trip in progress ends with it (a parked vehicle often stops reporting), and
+    /// so does an overspeed episode. What the vehicle does when it is heard again is learnt
+    /// afresh: its motion is unknown, and a drive it comes back in is a new trip.
     /// Silence counts from `listening_since` at the earliest: a processor that just took the
     /// vehicle over (after a restart, a rebalance) has not been listening before, and the
     /// backlog it works through may hold the vehicle's positions.
@@ -114,10 +125,17 @@ impl EventRules {
         let mut out = Emitter { p: latest, now, events: Vec::new() };
         state.online = false;
         out.emit(EventKind::Offline { last_heard_at: state.heard_at, timeout_s: self.offline_after.as_secs_f64() });
+        if let Some(e) = state.overspeed.take() {
+            if e.reported {
+                let duration_s = (latest.ts - e.since) as f64 / 1000.0;
+                out.emit(EventKind::OverspeedEnd { limit_kmh: e.limit_kmh, peak_kmh: e.peak_kmh, fence_id: e.fence_id, since: e.since, duration_s });
+            }
+        }
         if let Some(trip) = state.trip.take() {
             let (end, distance) = trip.stop.unwrap_or((mark(latest), trip.distance_m));
             self.finish_trip(trip, end, distance, &mut out);
         }
+        state.moving = None;
         state.motion_change = None;
         out.events
     }
@@ -207,7 +225,8 @@ impl EventRules {
         // An episode under another limit (the vehicle entered or left a zone) ends here; a new
         // one starts under the new limit if the speed is above it.
         let ends = match (&state.overspeed, &limit) {
-            (Some(e), Some((l, fence))) => e.limit_kmh != *l || e.fence_id != *fence || speed <= *l,
+            // Into another fence with the same limit: the same episode.
+            (Some(e), Some((l, _))) => e.limit_kmh != *l || speed <= *l,
             (Some(_), None) => true,
             (None, _) => false,
         };
@@ -234,23 +253,17 @@ impl EventRules {
 
     fn motion(&self, state: &mut FleetState, p: &ProcessedPosition, speed: f64, out: &mut Emitter<'_>) {
         let moving = speed >= self.moving_speed_kmh;
-        if let Some(trip) = &mut state.trip {
-            trip.distance_m += p.distance_m;
-            trip.max_speed_kmh = trip.max_speed_kmh.max(speed);
-        }
         if state.moving == Some(moving) {
             state.motion_change = None;
         } else {
             let change = *state.motion_change.get_or_insert(mark(p));
             if change.seq == p.seq {
+                // Counted from here (this position's own step came before).
                 state.change_distance_m = 0.0;
                 state.change_max_kmh = speed;
                 if let Some(trip) = &mut state.trip {
                     trip.distance_at_change = trip.distance_m;
                 }
-            } else {
-                state.change_distance_m += p.distance_m;
-                state.change_max_kmh = state.change_max_kmh.max(speed);
             }
             if p.ts - change.ts >= ms(self.motion_min_duration) {
                 let known = state.moving.is_some();
@@ -272,7 +285,13 @@ impl EventRules {
                 }
             }
         }
-        let ended = state.trip.as_ref().and_then(|t| t.stop).is_some_and(|(stop, _)| p.ts - stop.ts >= ms(self.trip_min_stop));
+        // The stop lasts until the vehicle moves again: while a change to moving waits for its
+        // confirmation, the stop ended where that change began (it may still be a short stop).
+        let stopped_until = match (state.moving, state.motion_change) {
+            (Some(false), Some(change)) => change.ts,
+            _ => p.ts,
+        };
+        let ended = state.trip.as_ref().and_then(|t| t.stop).is_some_and(|(stop, _)| stopped_until - stop.ts >= ms(self.trip_min_stop));
         if ended {
             if let Some(trip) = state.trip.take() {
                 if let Some((end, distance)) = trip.stop {
@@ -567,6 +586,57 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn offline_ends_the_trip_and_the_overspeed_and_a_drive_after_it_is_a_new_trip() {
+        let (rules, fences) = (rules(), FenceIndex::default());
+        let mut state = FleetState::default();
+        let mut r = Route::at(13.4);
+        r.drive(120.0, 60);
+        let mut events = run(&rules, &fences, &mut state, &r.positions);
+        // Into a tunnel at 120: silent for longer than the offline timeout.
+        let last = r.positions[r.positions.len() - 1].clone();
+        events.extend(rules.on_timer(&mut state, &last, 0, last.processed_at + 121_000));
+        let before = r.positions.len();
+        r.ts += 300_000;
+        r.drive(50.0, 60).drive(0.0, 70);
+        events.extend(run(&rules, &fences, &mut state, &r.positions[before..]));
+        assert_eq!(names(&events), ["online", "overspeed", "offline", "overspeed_end", "trip", "online", "stopped", "trip"]);
+        let Some(EventKind::Trip(second)) = events.last().map(|e| e.kind.clone()) else { panic!("a trip last") };
+        assert!((second.distance_m - 58.0 * 50.0 / 3.6).abs() < 30.0, "the drive after the tunnel: {second:?}");
+    }
+
+    #[test]
+    fn a_stop_shorter_than_the_minimum_does_not_split_a_trip_even_while_moving_is_unconfirmed() {
+        let (rules, fences) = (rules(), FenceIndex::default());
+        let mut state = FleetState::default();
+        let mut r = Route::at(13.5);
+        // The stop lasts 56 s (minimum 60 s); at 60 s the vehicle moves but is not yet confirmed.
+        r.drive(0.0, 20).drive(50.0, 30).drive(0.0, 56).drive(50.0, 30).drive(0.0, 80);
+        let events = run(&rules, &fences, &mut state, &r.positions);
+        assert_eq!(names(&events), ["online", "moving", "stopped", "moving", "stopped", "trip"]);
+    }
+
+    #[test]
+    fn positions_without_speed_still_count_for_the_trip() {
+        let (rules, fences) = (rules(), FenceIndex::default());
+        let mut state = FleetState::default();
+        let mut r = Route::at(13.6);
+        r.drive(0.0, 20).drive(50.0, 40);
+        let mut positions = r.positions.clone();
+        r.drive(50.0, 20);
+        let mut blind: Vec<ProcessedPosition> = r.positions[positions.len()..].to_vec();
+        for p in &mut blind {
+            p.speed = None;
+        }
+        positions.extend(blind);
+        let before = r.positions.len();
+        r.drive(50.0, 20).drive(0.0, 80);
+        positions.extend(r.positions[before..].iter().cloned());
+        let events = run(&rules, &fences, &mut state, &positions);
+        let Some(EventKind::Trip(trip)) = events.last().map(|e| e.kind.clone()) else { panic!("a trip last: {:?}", names(&events)) };
+        assert!((trip.distance_m - 78.0 * 50.0 / 3.6).abs() < 30.0, "{trip:?}");
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub(crate) async fn follow(config: &Config, metrics: &Metrics) -> anyhow::Result
     let consumer = reader(config)?;
     let topic = config.geofences_topic.clone();
     let geofences = Geofences::default();
-    let mut follower = Follower { consumer, topic, base, from_topic: HashMap::new(), geofences: geofences.clone(), metrics: metrics.clone() };
+    let mut follower = Follower { consumer, topic, base, from_topic: HashMap::new(), deleted: Default::default(), geofences: geofences.clone(), metrics: metrics.clone() };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("geofences".into())
@@ -88,6 +88,9 @@ struct Follower {
     base: Vec<Fence>,
     /// From the topic, by id.
     from_topic: HashMap<String, Fence>,
+    /// Ids the topic deleted (a tombstone): a fence of the file with such an id is deleted too,
+    /// as the tracker's API says.
+    deleted: std::collections::HashSet<String>,
     geofences: Geofences,
     metrics: Metrics,
 }
@@ -168,13 +171,16 @@ impl Follower {
             return false;
         };
         let Some(value) = value else {
-            return self.from_topic.remove(id).is_some();
+            let had = self.from_topic.remove(id).is_some() || self.base.iter().any(|f| f.id == id);
+            self.deleted.insert(id.to_string());
+            return had;
         };
         let fence = serde_json::from_slice::<serde_json::Value>(value)
             .map_err(|e| e.to_string())
             .and_then(|v| Fence::from_feature(&v, Some(id)).map_err(|e| e.to_string()));
         match fence {
             Ok(fence) => {
+                self.deleted.remove(id);
                 self.from_topic.insert(id.to_string(), fence);
                 true
             }
@@ -187,7 +193,7 @@ impl Follower {
     }
 
     fn publish(&self) {
-        let mut all: HashMap<&str, &Fence> = self.base.iter().map(|f| (f.id.as_str(), f)).collect();
+        let mut all: HashMap<&str, &Fence> = self.base.iter().filter(|f| !self.deleted.contains(&f.id)).map(|f| (f.id.as_str(), f)).collect();
         all.extend(self.from_topic.iter().map(|(id, f)| (id.as_str(), f)));
         let index = FenceIndex::new(all.into_values().cloned());
         self.metrics.geofences.set(index.len() as i64);

@@ -103,7 +103,9 @@ fn parse_record(m: &OwnedMessage) -> Result<Position, Rejection> {
 pub(crate) fn advance(judge: Judge<'_>, vehicles: &mut std::collections::HashMap<u64, VehicleState>, p: &ProcessedPosition, now: i64) -> Vec<Event> {
     match vehicles.get_mut(&p.obu_id) {
         Some(v) => {
-            let events = if p.out_of_order { Vec::new() } else { judge.events(v, true, p, now) };
+            // A late position makes no event; nor does one the state already holds (a restore
+            // replaying a tail that vehicle-latest had caught up with).
+            let events = if p.out_of_order || p.seq <= v.latest.seq { Vec::new() } else { judge.events(v, true, p, now) };
             v.apply(p.clone());
             events
         }

@@ -383,6 +383,9 @@ impl Pipeline {
                         }
                         if !self.partitions.contains_key(&p) {
                             let resume_from = self.resume_point(p);
+                            // Where processing resumes, as committed: what a transaction of
+                            // this partition's timers commits again (see commit_in_transaction).
+                            self.next_offset.entry(p).or_insert(resume_from);
                             match self.load(p, resume_from) {
                                 Ok(state) => {
                                     self.partitions.insert(p, state);
@@ -625,7 +628,15 @@ impl Pipeline {
             let mut tally = self.write_outputs(by_partition, decisions, timers)?;
             tally.latest = self.write_latest(touched)?;
             let metadata = self.membership()?;
-            let offsets = self.offsets_after(by_partition);
+            // The partitions whose timers fired are in too, at the offset already committed:
+            // Kafka checks the group generation of every offset commit, so a processor that
+            // lost them (a zombie) cannot commit their state.
+            let mut offsets = self.offsets_after(by_partition);
+            for p in touched.iter().filter(|p| !by_partition.contains_key(p)) {
+                if let Some(next) = self.next_offset.get(p) {
+                    let _ = offsets.add_partition_offset(self.layout.input(), *p, Offset::Offset(*next));
+                }
+            }
             if offsets.count() > 0 {
                 let p = producer.clone();
                 self.progress.at("send_offsets_to_transaction");

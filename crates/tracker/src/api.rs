@@ -301,14 +301,20 @@ fn parse_limit(params: &Params, max: usize) -> Result<usize, ApiError> {
 
 /// `type`: one event type, or several separated by commas.
 pub fn parse_types(raw: &str) -> Result<Vec<&'static str>, ApiError> {
-    raw.split(',')
+    let mut types = raw
+        .split(',')
         .map(str::trim)
         .map(|t| {
             TYPES.iter().find(|known| **known == t).copied().ok_or_else(|| {
                 ApiError::bad("invalid_type", format!("unknown event type `{t}`; `type` takes one or more of {}, separated by commas", TYPES.join(", ")))
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    // Each type once, in one order: a bounded set of distinct queries (prepared statements
+    // are cached per query text), whatever the request repeats.
+    types.sort_unstable();
+    types.dedup();
+    Ok(types)
 }
 
 /// `GET /api/vehicles?bbox=&online=`
