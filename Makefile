@@ -5,7 +5,7 @@ export KAFKA_BROKERS ?= 127.0.0.1:9092
 # Local runs need no device tokens; the compose file turns authentication on.
 export RECEIVER_AUTH ?= none
 
-.PHONY: help demo test bench broker broker-stop receiver producer consumer tracker build clippy fmt
+.PHONY: help demo test bench broker broker-stop receiver producer consumer tracker dlq build clippy fmt
 
 help:
 	@echo "make demo       broker + receiver + processor + simulated fleet, with live counts"
@@ -16,6 +16,7 @@ help:
 	@echo "make producer   the OBU simulator (fleet mode; SIM_* env vars configure it)"
 	@echo "make consumer   the processor (validates, routes, dead-letters)"
 	@echo "make tracker    the tracker: history, query API and live map (http://127.0.0.1:30002/)"
+	@echo "make dlq ARGS='count --by reason'   inspect and redrive dead letters (docs/operations.md)"
 
 demo:
 	scripts/demo
@@ -53,6 +54,9 @@ consumer:
 
 tracker:
 	mkdir -p .local && DATABASE_URL="$${DATABASE_URL:-sqlite://.local/tracker.db}" $(CARGO) run --locked -p fleetstream-tracker --bin tracker
+
+dlq:
+	@$(CARGO) run --locked -q -p fleetstream-dlq --bin dlq -- $(ARGS)
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings

@@ -37,6 +37,10 @@ pub const OBU_ID: &str = "fleetstream.obu_id";
 /// seq, where it could be read.
 pub const SEQ: &str = "fleetstream.seq";
 
+/// On the raw topic: a record the `dlq redrive` command wrote back, naming the dead letter it
+/// came from as `<dlq topic>/<partition>/<offset>`; `redrive` reads it to never redrive one twice.
+pub const REDRIVEN_FROM: &str = "fleetstream.redriven_from";
+
 /// Where a rejected record was rejected.
 #[derive(Debug, Clone, Copy)]
 pub enum Origin<'a> {

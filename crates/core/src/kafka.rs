@@ -119,6 +119,21 @@ impl KafkaArgs {
         config
     }
 
+    /// A consumer used only with `assign` (reading a partition or a whole topic, never joining
+    /// a group, never committing: librdkafka only wants a `group_id` set), from the earliest
+    /// record, seeing only what transactions committed. Callers add their own settings, then
+    /// [`KafkaArgs::apply_overrides`].
+    pub fn reader_config(&self, group_id: &str) -> ClientConfig {
+        let mut config = self.client_config();
+        config
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed");
+        config
+    }
+
     /// An admin client, for creating topics and reading metadata.
     pub fn admin(&self) -> anyhow::Result<AdminClient<DefaultClientContext>> {
         let mut config = self.client_config();

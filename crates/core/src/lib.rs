@@ -16,6 +16,7 @@ pub mod publish;
 pub mod reason;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tokens;
 pub mod topics;
 pub mod wire;
 

@@ -71,12 +71,7 @@ pub(crate) async fn follow(config: &Config, metrics: &Metrics) -> anyhow::Result
 }
 
 fn reader(config: &Config) -> anyhow::Result<BaseConsumer> {
-    let mut client = config.kafka.client_config();
-    client
-        .set("group.id", format!("{}-geofences", config.group_id))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed");
+    let mut client = config.kafka.reader_config(&format!("{}-geofences", config.group_id));
     config.kafka.apply_overrides(&mut client);
     client.create().context("cannot create the geofence reader")
 }

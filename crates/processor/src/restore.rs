@@ -72,18 +72,14 @@ pub type Reader = BaseConsumer<ReaderContext>;
 /// A consumer used only with `assign`, kept for the life of the processor so that a restore
 /// costs a few round trips, not a new connection.
 pub fn reader(config: &Config) -> anyhow::Result<Reader> {
-    let mut client = config.kafka.client_config();
+    // Read committed: a transaction left open by a crashed or fenced instance is aborted, and
+    // its records must not be taken for written.
+    let mut client = config.kafka.reader_config(&format!("{}-restore", config.group_id));
     client
-        .set("group.id", format!("{}-restore", config.group_id))
-        .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
         // Every read ends at the end of its partition: the broker should say so at once, not
         // after holding an empty fetch for librdkafka's default 500 ms.
-        .set("fetch.wait.max.ms", "10")
-        // Only what was committed counts: a transaction left open by a crashed or fenced
-        // instance is aborted, and its records must not be taken for written.
-        .set("isolation.level", "read_committed");
+        .set("fetch.wait.max.ms", "10");
     config.kafka.apply_overrides(&mut client);
     let context = ReaderContext(std::sync::Mutex::new(Throttle::new(Duration::from_secs(5))));
     client.create_with_context(context).context("cannot create state reader")

@@ -2,11 +2,11 @@
 //! obu_id(s) it may publish as. Tokens are kept only as SHA-256 hashes, in memory and, if the
 //! operator wishes, at rest (`sha256:HEX` entries); a token is never logged.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use axum::http::HeaderMap;
-use sha2::{Digest, Sha256};
+use fleetstream_core::tokens::{self, TokenTable};
 
 /// Which vehicles a token may publish as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,69 +40,42 @@ impl AuthFailure {
     }
 }
 
-/// The known device tokens.
+/// The known device tokens (their hashes; the line format and the lookup are
+/// [`fleetstream_core::tokens`]'s, shared with the tracker's API tokens).
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
-    by_hash: HashMap<[u8; 32], Allowed>,
-}
-
-fn hash(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
+    table: TokenTable<Allowed>,
 }
 
 impl Tokens {
     /// Parses entries in the line format (`TOKEN IDS` / `sha256:HEX IDS`).
     pub fn parse(text: &str) -> anyhow::Result<Tokens> {
-        let mut by_hash = HashMap::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or("").trim();
-            if line.is_empty() {
-                continue;
+        let table = TokenTable::parse(text, "`TOKEN OBU_IDS` (OBU_IDS comma-separated or `*`)", |ids| {
+            if ids == "*" {
+                return Ok(Allowed::Any);
             }
-            let mut parts = line.split_whitespace();
-            let (Some(secret), Some(ids), None) = (parts.next(), parts.next(), parts.next()) else {
-                bail!("token entry {}: expected `TOKEN OBU_IDS` (OBU_IDS comma-separated or `*`)", n + 1);
-            };
-            let key = match secret.strip_prefix("sha256:") {
-                Some(h) => {
-                    let bytes = hex::decode(h).with_context(|| format!("token entry {}: sha256 value is not hex", n + 1))?;
-                    <[u8; 32]>::try_from(bytes.as_slice())
-                        .map_err(|_| anyhow::anyhow!("token entry {}: sha256 value must be 64 hex digits", n + 1))?
-                }
-                None => hash(secret),
-            };
-            let allowed = if ids == "*" {
-                Allowed::Any
-            } else {
-                let ids = ids
-                    .split(',')
-                    .map(|s| s.trim().parse::<u64>())
-                    .collect::<Result<HashSet<_>, _>>()
-                    .with_context(|| format!("token entry {}: obu ids must be unsigned integers or `*`", n + 1))?;
-                Allowed::Only(ids)
-            };
-            by_hash.insert(key, allowed);
-        }
-        Ok(Tokens { by_hash })
+            let ids = ids
+                .split(',')
+                .map(|s| s.trim().parse::<u64>())
+                .collect::<Result<HashSet<_>, _>>()
+                .context("obu ids must be unsigned integers or `*`")?;
+            Ok(Allowed::Only(ids))
+        })?;
+        Ok(Tokens { table })
     }
 
     pub fn len(&self) -> usize {
-        self.by_hash.len()
+        self.table.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_hash.is_empty()
+        self.table.is_empty()
     }
 
     /// Checks the token presented with a connection attempt.
     pub fn authenticate(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Allowed, AuthFailure> {
-        let bearer = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim);
-        let token = bearer.or(query_token).filter(|t| !t.is_empty()).ok_or(AuthFailure::Missing)?;
-        self.by_hash.get(&hash(token)).cloned().ok_or(AuthFailure::Invalid)
+        let token = tokens::bearer(headers).or(query_token).filter(|t| !t.is_empty()).ok_or(AuthFailure::Missing)?;
+        self.table.get(token).cloned().ok_or(AuthFailure::Invalid)
     }
 }
 
@@ -113,7 +86,7 @@ mod tests {
 
     #[test]
     fn tokens_bind_devices_to_their_ids() {
-        let digest = hex::encode(hash("hashed-secret"));
+        let digest = tokens::hash_hex("hashed-secret");
         let tokens = Tokens::parse(&format!(
             "# fleet tokens\nsecret-a 1,2\nsha256:{digest} 3 # stored hashed\nadmin *\n"
         ))

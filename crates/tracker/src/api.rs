@@ -30,6 +30,9 @@ use crate::metrics::Metrics;
 use crate::store::{db_int, Bbox, EventQuery, Store, StoreError};
 use crate::view::{millis as ms, VehicleView};
 
+/// The largest request body accepted (a geofence): larger ones get `413 body_too_large`.
+pub(crate) const MAX_BODY_BYTES: usize = 1 << 20;
+
 /// What every handler of the API needs.
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
@@ -54,7 +57,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError { status, code, message: message.into() }
     }
 
@@ -454,7 +457,12 @@ fn no_fence(id: &str) -> ApiError {
 
 /// A request body that must be JSON (whatever its Content-Type says).
 fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
-    let bytes = body.map_err(|e| ApiError::new(e.status(), "invalid_body", format!("the request body cannot be read: {}", e.body_text())))?;
+    let bytes = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the request body is larger than the limit of {MAX_BODY_BYTES} bytes"))
+        }
+        status => ApiError::new(status, "invalid_body", format!("the request body cannot be read: {}", e.body_text())),
+    })?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad("invalid_json", format!("the body is not JSON: {e}")))
 }
 

@@ -1,11 +1,14 @@
 //! The tracker's configuration: every flag is also an environment variable.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use fleetstream_core::kafka::{KafkaArgs, ProducerArgs};
 use fleetstream_core::telemetry::LogArgs;
+
+use crate::auth::{ApiAuth, TokenList};
 
 /// fleetstream tracker: keeps every valid position for a retention period, serves the latest
 /// position and the track of every vehicle over HTTP, and draws them on a live map.
@@ -15,6 +18,21 @@ pub struct Config {
     /// Address of the map page, the query API, the live feed and /metrics, /healthz, /readyz.
     #[arg(long, env = "TRACKER_LISTEN", default_value = "0.0.0.0:30002")]
     pub listen: SocketAddr,
+
+    /// Whether /api requests need a token (see --api-tokens-file).
+    #[arg(long, env = "TRACKER_API_AUTH", value_enum, default_value = "token")]
+    pub api_auth: ApiAuth,
+
+    /// File of API tokens, one per line: `TOKEN ROLE` or `sha256:HEX ROLE` (the token's SHA-256,
+    /// so the file need not hold the token), ROLE `viewer` (reads) or `admin` (also geofence
+    /// writes); `#` starts a comment. Read at start-up.
+    #[arg(long, env = "TRACKER_API_TOKENS_FILE")]
+    pub api_tokens_file: Option<PathBuf>,
+
+    /// API tokens in the same format as --api-tokens-file, entries separated by `;`
+    /// (used together with the file, if both are given).
+    #[arg(long, env = "TRACKER_API_TOKENS", hide_env_values = true)]
+    pub api_tokens: Option<TokenList>,
 
     /// Where positions are kept: `sqlite://FILE` (embedded, created if missing; `sqlite::memory:`
     /// for a throw-away one) or `postgres://USER:PASSWORD@HOST:PORT/DB`.

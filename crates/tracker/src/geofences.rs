@@ -286,16 +286,8 @@ impl Geofences {
             // It may exist and only creating be forbidden: reading it is what counts.
             tracing::warn!(error = format!("{error:#}"), topic = %self.topic, "cannot create the geofences topic");
         }
-        let mut client = config.kafka.client_config();
-        client
-            // Never joins a group (partitions are assigned, nothing is committed), but
-            // librdkafka wants an id.
-            .set("group.id", format!("{}-geofences", config.group_id))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest")
-            .set("isolation.level", "read_committed");
+        let mut client = config.kafka.reader_config(&format!("{}-geofences", config.group_id));
+        client.set("enable.partition.eof", "true");
         config.kafka.apply_overrides(&mut client);
         let consumer: StreamConsumer = client.create().context("cannot create the geofences consumer")?;
         let topic = self.topic.clone();

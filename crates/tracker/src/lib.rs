@@ -8,14 +8,17 @@
 //! is there at once. It follows the compacted `geofences` topic whole, and writes it for the
 //! API. It serves, on one port: the map page (`/`), the API (`/api/...`, see docs/api.md:
 //! vehicles, tracks, events, trips, geofences), the live feeds (`/api/live`, `/api/events/live`,
-//! Server-Sent Events) and `/metrics`, `/healthz`, `/readyz`.
+//! Server-Sent Events) and `/metrics`, `/healthz`, `/readyz`. Every `/api` route needs a bearer
+//! token with a role (`viewer` reads, `admin` also writes geofences; see `auth.rs` and
+//! docs/security.md); the page and the ops endpoints hold no data and stay open.
 //!
 //! ```text
-//! tracker --kafka-brokers 127.0.0.1:9092                      # SQLite file in the working dir
-//! DATABASE_URL=postgres://tracker:secret@db/fleet tracker     # PostgreSQL
+//! TRACKER_API_TOKENS='s3cret admin' tracker --kafka-brokers 127.0.0.1:9092    # SQLite file in the working dir
+//! DATABASE_URL=postgres://tracker:secret@db/fleet tracker --api-tokens-file tokens  # PostgreSQL
 //! ```
 
 pub mod api;
+mod auth;
 mod config;
 mod geofences;
 mod ingest;
@@ -29,6 +32,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
@@ -41,6 +46,7 @@ use geofences::Geofences;
 use ingest::{Ingest, Stopping};
 use live::Feeds;
 
+pub use auth::{ApiAuth, Role};
 pub use config::Config;
 pub use metrics::Metrics;
 pub use store::Store;
@@ -52,6 +58,7 @@ pub struct Application {
     store: Store,
     consumer: Arc<ingest::IngestConsumer>,
     fences: Geofences,
+    guard: auth::Guard,
     metrics: Metrics,
     health: Health,
 }
@@ -66,6 +73,8 @@ impl Application {
     /// Opens the database (applying migrations), creates the Kafka clients, binds the port.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
+        // First: a tracker that would serve its API to anyone by mistake does not start.
+        let guard = auth::Guard::from_config(&config, &metrics)?;
         let store = Store::open(&config.database_url, config.db_pool_size)
             .await
             .with_context(|| format!("cannot open the database ({})", redact_url(&config.database_url)))?;
@@ -86,7 +95,7 @@ impl Application {
             geofences = %config.geofences_topic,
             "tracker started"
         );
-        Ok(Application { config: Arc::new(config), listener, store, consumer: Arc::new(consumer), fences, metrics, health: Health::new() })
+        Ok(Application { config: Arc::new(config), listener, store, consumer: Arc::new(consumer), fences, guard, metrics, health: Health::new() })
     }
 
     /// The bound port.
@@ -113,7 +122,7 @@ impl Application {
         let live = Feeds::new(self.config.live_buffer, &self.metrics, stop_http.clone());
 
         let state = api::AppState::new(self.config.clone(), self.store.clone(), self.metrics.clone(), self.fences.clone());
-        let router = router(state, live.clone(), self.metrics.clone(), self.health.clone());
+        let router = router(state, &self.guard, live.clone(), self.metrics.clone(), self.health.clone());
         let server_stop = stop_http.clone();
         let server = tokio::spawn(async move { axum::serve(self.listener, router).with_graceful_shutdown(server_stop.cancelled_owned()).await });
 
@@ -161,10 +170,10 @@ impl Application {
     }
 }
 
-fn router(state: api::AppState, live: Feeds, metrics: Metrics, health: Health) -> Router {
-    let app = Router::new()
-        .route("/", get(web::index))
-        .route("/static/{*path}", get(web::asset))
+/// The map page and its assets, the API (behind the token check: see [`auth`]), the live feeds
+/// (which also take `?access_token=`), and the open ops endpoints.
+fn router(state: api::AppState, guard: &auth::Guard, live: Feeds, metrics: Metrics, health: Health) -> Router {
+    let api = Router::new()
         .route("/api/config", get(api::map_config))
         .route("/api/vehicles", get(api::vehicles))
         .route("/api/vehicles/{id}", get(api::vehicle))
@@ -174,11 +183,20 @@ fn router(state: api::AppState, live: Feeds, metrics: Metrics, health: Health) -
         .route("/api/events", get(api::events))
         .route("/api/geofences", get(api::geofences).post(api::create_geofence))
         .route("/api/geofences/{id}", get(api::geofence).put(api::put_geofence).delete(api::delete_geofence))
+        .route_layer(from_fn_with_state(guard.clone(), auth::require))
+        .with_state(state);
+    // EventSource cannot set headers: the feeds also take the token in the query string.
+    let feeds = Router::new()
         .route("/api/live", get(live::serve).with_state(live.positions))
         .route("/api/events/live", get(live::serve).with_state(live.events))
+        .route_layer(from_fn_with_state(guard.with_query_token(), auth::require));
+    // The page holds no data (it asks the API, with a token), so it stays open.
+    let page = Router::new().route("/", get(web::index)).route("/static/{*path}", get(web::asset));
+    page.merge(api)
+        .merge(feeds)
         .fallback(api::fallback)
-        .with_state(state);
-    app.merge(ops_router::<()>(metrics.registry.clone(), health))
+        .layer(DefaultBodyLimit::max(api::MAX_BODY_BYTES))
+        .merge(ops_router::<()>(metrics.registry.clone(), health))
         .layer(axum::middleware::from_fn_with_state(metrics, api::count_requests))
 }
 
@@ -245,5 +263,6 @@ mod tests {
         assert_eq!(c.group_id, "fleetstream-tracker");
         assert_eq!(c.retention, std::time::Duration::from_secs(86_400));
         assert_eq!(c.flush_interval, std::time::Duration::from_secs(1));
+        assert_eq!((c.api_auth, c.api_tokens_file.is_none(), c.api_tokens.is_none()), (ApiAuth::Token, true, true));
     }
 }

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub geofences: IntGauge,
     pub geofence_records_invalid: IntCounter,
     pub geofence_writes: IntCounterVec,
+    pub api_auth_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -57,6 +58,7 @@ impl Metrics {
             geofences: t::gauge(&r, "fleetstream_tracker_geofences", "Geofences in the geofences topic, as this tracker follows it."),
             geofence_records_invalid: t::counter(&r, "fleetstream_tracker_geofence_records_invalid_total", "Records of the geofences topic that are not a valid fence (ignored)."),
             geofence_writes: t::counter_vec(&r, "fleetstream_tracker_geofence_writes_total", "Geofence writes to Kafka from the API, by op (put, delete) and outcome (ok, failed).", &["op", "outcome"]),
+            api_auth_refused: t::counter_vec(&r, "fleetstream_tracker_api_auth_refused_total", "API requests refused, by reason (missing: no token, invalid: unknown token, forbidden: the token's role may not do this).", &["reason"]),
             registry: r,
         }
         .with_known_labels()

@@ -7,6 +7,11 @@
 // CSS, so they show even when no map tile can be loaded. Event markers, fences, trips and the
 // event list carry data-event-id / data-fence-id. Text from the API only ever goes into the
 // page as text (textContent, or DOM nodes handed to Leaflet), never as HTML.
+//
+// The API wants a token (docs/api.md, Authentication): when it answers 401 the page asks for
+// one (#signin), keeps it in sessionStorage (this tab, until it is closed or "Sign out"), and
+// sends it on every request, and as ?access_token= on the live feeds (EventSource cannot set
+// headers). The page itself holds no data, so it is served without a token.
 (function () {
   'use strict';
 
@@ -46,8 +51,66 @@
   var list = document.getElementById('vehicles');
   var eventList = document.getElementById('events');
 
+  var TOKEN_KEY = 'fleetstream.api-token';
+
+  function apiToken() {
+    try { return sessionStorage.getItem(TOKEN_KEY) || ''; } catch (_) { return ''; }
+  }
+
+  // Request headers with the token, if there is one.
+  function authorized(headers) {
+    var token = apiToken();
+    if (token) headers.Authorization = 'Bearer ' + token;
+    return headers;
+  }
+
+  function feedURL(path) {
+    var token = apiToken();
+    return token ? path + '?access_token=' + encodeURIComponent(token) : path;
+  }
+
+  // The sign-in form over the page; `rejected`: a token was sent and refused.
+  function askToken() {
+    var rejected = apiToken() !== '';
+    try { sessionStorage.removeItem(TOKEN_KEY); } catch (_) { /* storage disabled */ }
+    document.getElementById('signout').hidden = true;
+    var error = document.getElementById('signin-error');
+    error.hidden = !rejected;
+    error.textContent = rejected ? 'That token was not accepted.' : '';
+    var box = document.getElementById('signin');
+    if (box.hidden) {
+      box.hidden = false;
+      document.getElementById('signin-token').focus();
+    }
+  }
+
+  function unauthorized(url) {
+    askToken();
+    var e = new Error(url + ': 401 a token is needed');
+    e.unauthorized = true;
+    return e;
+  }
+
+  document.getElementById('signin-form').addEventListener('submit', function (e) {
+    e.preventDefault();
+    var input = document.getElementById('signin-token');
+    var token = input.value.trim();
+    if (!token) return;
+    try { sessionStorage.setItem(TOKEN_KEY, token); } catch (_) { /* storage disabled: this page only */ }
+    input.value = '';
+    document.getElementById('signin').hidden = true;
+    // Refused before anything was shown: start now; refused later: start afresh.
+    if (state.config == null && apiToken() === token) start(); else location.reload();
+  });
+
+  document.getElementById('signout').addEventListener('click', function () {
+    try { sessionStorage.removeItem(TOKEN_KEY); } catch (_) { /* storage disabled */ }
+    location.reload();
+  });
+
   function getJSON(url) {
-    return fetch(url, { headers: { Accept: 'application/json' } }).then(function (r) {
+    return fetch(url, { headers: authorized({ Accept: 'application/json' }) }).then(function (r) {
+      if (r.status === 401) throw unauthorized(url);
       if (!r.ok) {
         return r.json().catch(function () { return {}; }).then(function (body) {
           throw new Error(url + ': ' + r.status + ' ' + (body.message || r.statusText));
@@ -451,7 +514,8 @@
   // Resolves to whether the fences could be loaded.
   function loadFences() {
     var button = document.getElementById('fences-refresh');
-    return fetch('/api/geofences', { headers: { Accept: 'application/geo+json, application/json' } }).then(function (r) {
+    return fetch('/api/geofences', { headers: authorized({ Accept: 'application/geo+json, application/json' }) }).then(function (r) {
+      if (r.status === 401) throw unauthorized('/api/geofences');
       return r.text().then(function (text) {
         if (!r.ok) {
           var message = r.statusText;
@@ -662,7 +726,7 @@
   }
 
   function connectEvents() {
-    var source = new EventSource('/api/events/live');
+    var source = new EventSource(feedURL('/api/events/live'));
     var text = document.getElementById('events-state');
     var loaded = false, dropped = false;
     // The list is loaded once the feed is open (the server subscribed us before answering),
@@ -688,7 +752,7 @@
   }
 
   function connectLive() {
-    var source = new EventSource('/api/live');
+    var source = new EventSource(feedURL('/api/live'));
     var text = document.getElementById('live-text');
     var dropped = false;
     source.onopen = function () {
@@ -729,32 +793,37 @@
 
   document.getElementById('sel-close').addEventListener('click', clearSelection);
 
-  getJSON('/api/config').then(function (config) {
-    state.config = config;
-    if (config.tile_url) {
-      var failed = false;
-      L.tileLayer(config.tile_url, { maxZoom: 19, attribution: config.tile_attribution })
-        .on('tileerror', function () {
-          if (failed) return;
-          failed = true;
-          notice('Map tiles could not be loaded: vehicles are shown on a blank background.');
-        })
-        .addTo(map);
-    } else {
-      notice('No map tiles configured: vehicles are shown on a blank background.');
-    }
-    L.control.scale().addTo(map);
-    new FenceControl().addTo(map);
-    L.control.layers(null, { Geofences: fenceLayer, Events: eventLayer }, { position: 'topright' }).addTo(map);
-    connectLive();
-    connectEvents();
-    followFences();
-    setInterval(tick, 1000);
-    return loadVehicles().then(function () {
-      var id = hashVehicle();
-      if (id != null && state.vehicles.has(id)) select(id, true);
+  function start() {
+    getJSON('/api/config').then(function (config) {
+      state.config = config;
+      document.getElementById('signout').hidden = apiToken() === '';
+      if (config.tile_url) {
+        var failed = false;
+        L.tileLayer(config.tile_url, { maxZoom: 19, attribution: config.tile_attribution })
+          .on('tileerror', function () {
+            if (failed) return;
+            failed = true;
+            notice('Map tiles could not be loaded: vehicles are shown on a blank background.');
+          })
+          .addTo(map);
+      } else {
+        notice('No map tiles configured: vehicles are shown on a blank background.');
+      }
+      L.control.scale().addTo(map);
+      new FenceControl().addTo(map);
+      L.control.layers(null, { Geofences: fenceLayer, Events: eventLayer }, { position: 'topright' }).addTo(map);
+      connectLive();
+      connectEvents();
+      followFences();
+      setInterval(tick, 1000);
+      return loadVehicles().then(function () {
+        var id = hashVehicle();
+        if (id != null && state.vehicles.has(id)) select(id, true);
+      });
+    }).catch(function (e) {
+      if (!e.unauthorized) notice('Cannot reach the tracker: ' + e.message);
     });
-  }).catch(function (e) {
-    notice('Cannot reach the tracker: ' + e.message);
-  });
+  }
+
+  start();
 })();

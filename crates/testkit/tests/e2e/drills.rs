@@ -85,6 +85,8 @@ async fn start_pipeline(broker: &Broker) -> Pipeline {
         format!("--latest-topic={}", topics.latest),
         format!("--events-topic={}", topics.events),
         format!("--geofences-topic={}", topics.geofences),
+        // Its API is not asked here; it needs a token to start.
+        format!("--api-tokens={} admin", fleetstream_testkit::unique("drill-admin")),
     ]);
     let tracker = fleetstream_tracker::Application::build(tracker).await.expect("the tracker starts");
     let tracker_store = tracker.store();

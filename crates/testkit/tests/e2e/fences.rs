@@ -37,6 +37,8 @@ async fn a_fence_created_through_the_api_reaches_the_running_processor_and_its_e
 
     let db = std::env::temp_dir().join(fleetstream_testkit::unique("fleetstream-fences-db"));
     std::fs::create_dir_all(&db).expect("a temp dir");
+    // An admin token: the API wants one, and fence writes need the admin role.
+    let admin = fleetstream_testkit::unique("fences-admin");
     let tracker: fleetstream_tracker::Config = parse(vec![
         "tracker".into(),
         "--listen=127.0.0.1:0".into(),
@@ -48,11 +50,14 @@ async fn a_fence_created_through_the_api_reaches_the_running_processor_and_its_e
         format!("--events-topic={}", topics.events),
         format!("--geofences-topic={}", topics.geofences),
         "--flush-interval=200ms".into(),
+        format!("--api-tokens={admin} admin"),
     ]);
     let tracker = fleetstream_tracker::Application::build(tracker).await.expect("the tracker starts");
     let port = tracker.port();
     let mut tracker = Running::spawn(tracker.metrics().registry, |stop| tracker.run_until_stopped(stop));
-    let client = reqwest::Client::new();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {admin}").parse().expect("a header value"));
+    let client = reqwest::Client::builder().default_headers(headers).build().expect("an HTTP client");
     let fences = format!("http://127.0.0.1:{port}/api/geofences");
 
     // Refused with the reason: a bow tie is not a polygon.

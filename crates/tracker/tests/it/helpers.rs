@@ -60,6 +60,11 @@ pub struct TestTracker {
     running: Running,
 }
 
+/// The admin token every test tracker accepts (and its HTTP client sends).
+pub const ADMIN_TOKEN: &str = "it-admin-9f2c61d0e7b54a38";
+/// The viewer token every test tracker accepts.
+pub const VIEWER_TOKEN: &str = "it-viewer-4be07c1a93d2f586";
+
 /// The flags every test tracker gets.
 pub fn flags(broker: &Broker, topics: &Topics, db: &str, group: &str) -> Vec<String> {
     vec![
@@ -73,6 +78,7 @@ pub fn flags(broker: &Broker, topics: &Topics, db: &str, group: &str) -> Vec<Str
         format!("--events-topic={}", topics.events),
         format!("--geofences-topic={}", topics.geofences),
         "--flush-interval=200ms".into(),
+        format!("--api-tokens={ADMIN_TOKEN} admin; {VIEWER_TOKEN} viewer"),
         // No tiles: nothing may leave 127.0.0.1 in tests.
         "--tile-url=".into(),
         // Brokers and databases die with each test while its tracker stops, and the outage
@@ -97,7 +103,7 @@ impl TestTracker {
         let app = Application::build(config).await.unwrap_or_else(|e| panic!("tracker: {e:#}"));
         let (port, metrics, store) = (app.port(), app.metrics(), app.store());
         let running = Running::spawn(metrics.registry.clone(), |stop| app.run_until_stopped(stop));
-        let http = reqwest::Client::builder().no_proxy().build().unwrap_or_else(|e| panic!("{e}"));
+        let http = client(Some(ADMIN_TOKEN));
         let t = TestTracker { port, metrics, store, http, running };
         t.wait_ready().await;
         t
@@ -164,6 +170,16 @@ impl TestTracker {
     pub async fn shutdown(&mut self) -> anyhow::Result<()> {
         self.running.shutdown().await
     }
+}
+
+/// An HTTP client that sends `token` (if any) as `Authorization: Bearer` on every request.
+pub fn client(token: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap_or_else(|e| panic!("{e}"));
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder().no_proxy().default_headers(headers).build().unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn metric(metrics: &Metrics, name: &str, label: Option<(&str, &str)>) -> f64 {

@@ -62,6 +62,24 @@ const MARKER: &str = "(id) => { const e = document.querySelector(`.leaflet-marke
                       return { seq: +e.dataset.seq, lat: +e.dataset.lat, lon: +e.dataset.lon, x: r.x + r.width / 2, y: r.y + r.height / 2, \
                                offline: e.classList.contains('offline'), selected: e.classList.contains('selected') }; }";
 
+/// Without a token the page shows only the sign-in form; a viewer token typed into it opens the
+/// map (and a "Sign out" button), as a user would.
+async fn sign_in(browser: &mut Browser) {
+    let form = browser.wait_for("document.getElementById('signin')?.hidden === false", WAIT).await;
+    assert!(form.is_some(), "the sign-in form appears without a token: {}", browser.eval("document.body.outerHTML.slice(0, 3000)").await);
+    let shown = browser.eval("[document.querySelectorAll('.leaflet-marker-pane [data-obu-id]').length, document.getElementById('signout').hidden]").await;
+    assert_eq!(shown, json!([0, true]), "nothing is shown before a token is given");
+    let typed = format!(
+        "(() => {{ document.getElementById('signin-token').value = '{VIEWER_TOKEN}'; \
+         document.getElementById('signin-form').requestSubmit(); return true; }})()"
+    );
+    browser.eval(&typed).await;
+    let signed_in = browser
+        .wait_for("document.getElementById('signin').hidden && !document.getElementById('signout').hidden && sessionStorage.length === 1", WAIT)
+        .await;
+    assert!(signed_in.is_some(), "the token opens the map: {}", browser.eval("document.body.outerHTML.slice(0, 3000)").await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn markers_appear_move_and_show_their_trail_in_a_real_browser() {
     let (broker, topics) = broker_and_topics(2).await;
@@ -81,6 +99,7 @@ async fn markers_appear_move_and_show_their_trail_in_a_real_browser() {
 
     let mut browser = Browser::launch(WIDTH, HEIGHT).await;
     browser.open(&tracker.url("/"), WIDTH, HEIGHT).await;
+    sign_in(&mut browser).await;
     let ready = browser
         .wait_for("document.querySelectorAll('.leaflet-marker-pane [data-obu-id]').length === 8 && document.body.dataset.live === 'open'", WAIT)
         .await;
@@ -258,6 +277,7 @@ async fn fences_events_and_trips_show_on_the_map() {
 
     let mut browser = Browser::launch(WIDTH, HEIGHT).await;
     browser.open(&tracker.url("/"), WIDTH, HEIGHT).await;
+    sign_in(&mut browser).await;
     let ready = browser
         .wait_for(
             "document.querySelectorAll('.leaflet-marker-pane [data-obu-id]').length === 5 && document.body.dataset.fences === '2' \
