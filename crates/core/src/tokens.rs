@@ -99,6 +99,12 @@ impl<V> TokenTable<V> {
     pub fn get(&self, token: &str) -> Option<&V> {
         self.by_hash.get(&hash(token))
     }
+
+    /// What the token with this hash grants (a connection keeps the hash, not the token, to
+    /// check it again when the tokens are reloaded).
+    pub fn get_hashed(&self, key: &TokenHash) -> Option<&V> {
+        self.by_hash.get(key)
+    }
 }
 
 #[cfg(test)]

@@ -74,8 +74,39 @@ impl Tokens {
 
     /// Checks the token presented with a connection attempt.
     pub fn authenticate(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Allowed, AuthFailure> {
+        self.credential(headers, query_token).map(|(_, allowed)| allowed)
+    }
+
+    /// The presented token's hash (what a connection keeps) and what it allows.
+    pub fn credential(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<(tokens::TokenHash, Allowed), AuthFailure> {
         let token = tokens::bearer(headers).or(query_token).filter(|t| !t.is_empty()).ok_or(AuthFailure::Missing)?;
-        self.table.get(token).cloned().ok_or(AuthFailure::Invalid)
+        let key = tokens::hash(token);
+        self.table.get_hashed(&key).cloned().map(|allowed| (key, allowed)).ok_or(AuthFailure::Invalid)
+    }
+
+    /// What the token with this hash allows now, if it is still known.
+    pub fn allowed(&self, key: &tokens::TokenHash) -> Option<Allowed> {
+        self.table.get_hashed(key).cloned()
+    }
+
+    /// The tokens of `--auth-tokens-file` and `--auth-tokens`, at least one.
+    pub fn load(file: Option<&std::path::Path>, inline: Option<&str>) -> anyhow::Result<Tokens> {
+        let mut text = String::new();
+        if let Some(path) = file {
+            text = std::fs::read_to_string(path).with_context(|| format!("cannot read token file {}", path.display()))?;
+        }
+        if let Some(inline) = inline {
+            text.push('\n');
+            text.push_str(&inline.replace(';', "\n"));
+        }
+        let tokens = Tokens::parse(&text)?;
+        if tokens.is_empty() {
+            anyhow::bail!(
+                "--auth token needs device tokens: set --auth-tokens-file / RECEIVER_AUTH_TOKENS_FILE or \
+                 --auth-tokens / RECEIVER_AUTH_TOKENS (or --auth none for a local demo)"
+            );
+        }
+        Ok(tokens)
     }
 }
 

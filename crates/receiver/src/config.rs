@@ -82,6 +82,11 @@ pub struct Config {
     #[arg(long, env = "RECEIVER_AUTH_TOKENS", hide_env_values = true)]
     pub auth_tokens: Option<String>,
 
+    /// How often the token file is checked for changes; a changed file (or SIGHUP) reloads
+    /// the tokens without a restart, and connections whose token is gone are closed (4001).
+    #[arg(long, env = "RECEIVER_AUTH_TOKENS_POLL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub auth_tokens_poll: std::time::Duration,
+
     /// PEM certificate chain: with --tls-key, devices connect with wss:// (TLS via rustls).
     #[arg(long, env = "RECEIVER_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

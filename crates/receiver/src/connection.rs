@@ -34,6 +34,31 @@ pub mod close_code {
     pub const POLICY_VIOLATION: u16 = 1008;
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Private use (4000-4999): the device's token was revoked (removed from the tokens).
+    pub const TOKEN_REVOKED: u16 = 4001;
+}
+
+/// The token a connection authenticated with (its hash) and the receiver's current tokens,
+/// watched so that a revoked token closes the connection and a changed one takes effect.
+#[derive(Debug)]
+pub(crate) struct Credential {
+    key: fleetstream_core::tokens::TokenHash,
+    tokens: tokio::sync::watch::Receiver<Arc<crate::auth::Tokens>>,
+}
+
+impl Credential {
+    pub(crate) fn new(key: fleetstream_core::tokens::TokenHash, tokens: tokio::sync::watch::Receiver<Arc<crate::auth::Tokens>>) -> Self {
+        Credential { key, tokens }
+    }
+
+    /// Waits for the tokens to change; then what the token allows now (None: revoked). Never
+    /// returns if the tokens can no longer change.
+    async fn changed(&mut self) -> Option<Allowed> {
+        if self.tokens.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        self.tokens.borrow_and_update().allowed(&self.key)
+    }
 }
 
 /// What the writer must answer, in order.
@@ -123,6 +148,7 @@ pub(crate) struct Connection {
     id: u64,
     peer: SocketAddr,
     allowed: Allowed,
+    credential: Option<Credential>,
     bucket: Option<TokenBucket>,
     abuse: AbuseWindow,
     frame_no: u64,
@@ -132,7 +158,7 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(gateway: Gateway, id: u64, peer: SocketAddr, allowed: Allowed) -> Self {
+    pub(crate) fn new(gateway: Gateway, id: u64, peer: SocketAddr, allowed: Allowed, credential: Option<Credential>) -> Self {
         let Gateway { ingest, limits, metrics, shutdown } = gateway;
         let bucket = (limits.rate_limit > 0.0).then(|| TokenBucket::new(limits.rate_limit, limits.rate_burst.max(1.0)));
         let abuse = AbuseWindow::new(limits.abuse_limit, Duration::from_secs(10));
@@ -145,6 +171,7 @@ impl Connection {
             id,
             peer,
             allowed,
+            credential,
             bucket,
             abuse,
             frame_no: 0,
@@ -196,12 +223,23 @@ impl Connection {
 
     async fn read_frames(&mut self, stream: &mut futures_util::stream::SplitStream<WebSocket>, tx: &mpsc::Sender<Outcome>) -> Ending {
         let shutdown = self.shutdown.clone();
+        let mut credential = self.credential.take();
         loop {
             let next = tokio::select! {
                 // Shutdown first: stop taking frames, let the writer drain what is in flight.
                 biased;
                 () = shutdown.cancelled() => {
                     return Ending { code: close_code::GOING_AWAY, reason: "receiver shutting down", label: "shutdown" };
+                }
+                now = async { match &mut credential { Some(c) => c.changed().await, None => std::future::pending().await } } => {
+                    match now {
+                        Some(allowed) => self.allowed = allowed,
+                        None => {
+                            tracing::info!(conn = self.id, peer = %self.peer, "device token revoked; closing the connection");
+                            return Ending { code: close_code::TOKEN_REVOKED, reason: "device token revoked", label: "token_revoked" };
+                        }
+                    }
+                    continue;
                 }
                 next = stream.next() => next,
             };

@@ -56,7 +56,9 @@ pub(crate) struct Shared {
     limits: limits::ConnectionLimits,
     metrics: Metrics,
     connections: Arc<Semaphore>,
-    tokens: Option<Tokens>,
+    /// The current device tokens (reloaded on SIGHUP or when the file changes); none with
+    /// `--auth none`.
+    tokens: Option<tokio::sync::watch::Sender<Arc<Tokens>>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     health: Health,
@@ -96,23 +98,9 @@ impl Application {
                 None
             }
             AuthMode::Token => {
-                let mut text = String::new();
-                if let Some(path) = &config.auth_tokens_file {
-                    text = std::fs::read_to_string(path).with_context(|| format!("cannot read token file {}", path.display()))?;
-                }
-                if let Some(inline) = &config.auth_tokens {
-                    text.push('\n');
-                    text.push_str(&inline.replace(';', "\n"));
-                }
-                let tokens = Tokens::parse(&text)?;
-                if tokens.is_empty() {
-                    anyhow::bail!(
-                        "--auth token needs device tokens: set --auth-tokens-file / RECEIVER_AUTH_TOKENS_FILE or \
-                         --auth-tokens / RECEIVER_AUTH_TOKENS (or --auth none for a local demo)"
-                    );
-                }
+                let tokens = Tokens::load(config.auth_tokens_file.as_deref(), config.auth_tokens.as_deref())?;
                 tracing::info!(tokens = tokens.len(), "device tokens loaded");
-                Some(tokens)
+                Some(tokio::sync::watch::Sender::new(Arc::new(tokens)))
             }
         };
         let mut producer_config = config.kafka.producer_config(&config.producer);
@@ -169,6 +157,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let shared = self.shared;
         let probe = tokio::spawn(probe_kafka(shared.clone()));
+        let reload = tokio::spawn(reload_tokens(shared.clone()));
         let router = Router::new()
             .route("/ws", get(upgrade))
             .with_state(shared.clone())
@@ -195,10 +184,52 @@ impl Application {
             tracing::warn!(?timeout, "connections still draining at the shutdown timeout");
         }
         probe.abort();
+        reload.abort();
         let producer = shared.ingest.producer().clone();
         let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
         tracing::info!("receiver stopped");
         Ok(())
+    }
+}
+
+/// Reloads the device tokens on SIGHUP and when the token file changes (checked every
+/// `--auth-tokens-poll`). A file that does not parse, or holds no token, is refused: the tokens
+/// in use stay, and the error is logged and counted. Connections whose token is gone are
+/// closed by themselves (they watch the tokens).
+async fn reload_tokens(shared: Arc<Shared>) {
+    let Some(tokens) = &shared.tokens else { return };
+    let config = &shared.config;
+    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let mut seen = config.auth_tokens_file.as_deref().and_then(modified);
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; token file changes are still picked up");
+            None
+        }
+    };
+    loop {
+        let asked = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            Some(()) = async { match &mut hangup { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            () = tokio::time::sleep(config.auth_tokens_poll) => false,
+        };
+        let now = config.auth_tokens_file.as_deref().and_then(modified);
+        if !asked && now == seen {
+            continue;
+        }
+        seen = now;
+        match Tokens::load(config.auth_tokens_file.as_deref(), config.auth_tokens.as_deref()) {
+            Ok(new) => {
+                tracing::info!(tokens = new.len(), trigger = if asked { "SIGHUP" } else { "file changed" }, "device tokens reloaded");
+                shared.metrics.token_reloads.with_label_values(&["ok"]).inc();
+                tokens.send_replace(Arc::new(new));
+            }
+            Err(error) => {
+                shared.metrics.token_reloads.with_label_values(&["error"]).inc();
+                tracing::error!(error = format!("{error:#}"), "device tokens NOT reloaded; the previous ones stay in use");
+            }
+        }
     }
 }
 
@@ -220,10 +251,10 @@ async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let allowed = match &shared.tokens {
-        None => Allowed::Any,
-        Some(tokens) => match tokens.authenticate(&headers, query.token.as_deref()) {
-            Ok(allowed) => allowed,
+    let (allowed, credential) = match &shared.tokens {
+        None => (Allowed::Any, None),
+        Some(tokens) => match tokens.borrow().credential(&headers, query.token.as_deref()) {
+            Ok((key, allowed)) => (allowed, Some(connection::Credential::new(key, tokens.subscribe()))),
             Err(failure) => {
                 shared.metrics.auth_failures.with_label_values(&[failure.as_str()]).inc();
                 shared.metrics.connections_refused.with_label_values(&["unauthorized"]).inc();
@@ -257,7 +288,7 @@ async fn upgrade(
     ws.on_upgrade(move |socket| {
         tracker.track_future(async move {
             tracing::debug!(conn = id, %peer, "connection opened");
-            connection::Connection::new(shared.gateway(), id, peer, allowed).run(socket).await;
+            connection::Connection::new(shared.gateway(), id, peer, allowed, credential).run(socket).await;
             drop(permit);
         })
     })

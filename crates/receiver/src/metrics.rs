@@ -11,6 +11,7 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     pub connections_refused: IntCounterVec,
     pub auth_failures: IntCounterVec,
+    pub token_reloads: IntCounterVec,
     pub positions_received: IntCounter,
     pub positions_acked: IntCounter,
     pub positions_refused: IntCounterVec,
@@ -32,7 +33,7 @@ impl Metrics {
         for reason in fleetstream_core::Reason::ALL {
             m.positions_refused.with_label_values(&[reason.as_str()]);
         }
-        for reason in ["client_gone", "client_closed", "shutdown", "abuse", "frame_too_big", "read_error"] {
+        for reason in ["client_gone", "client_closed", "shutdown", "abuse", "frame_too_big", "read_error", "token_revoked"] {
             m.connections_closed.with_label_values(&[reason]);
         }
         for reason in ["unauthorized", "too_many_connections"] {
@@ -40,6 +41,9 @@ impl Metrics {
         }
         for reason in ["missing", "invalid"] {
             m.auth_failures.with_label_values(&[reason]);
+        }
+        for outcome in ["ok", "error"] {
+            m.token_reloads.with_label_values(&[outcome]);
         }
         for kind in ["text", "binary", "ping", "pong", "close"] {
             m.frames.with_label_values(&[kind]);
@@ -54,6 +58,7 @@ impl Metrics {
             connections_opened: t::counter(&r, "fleetstream_receiver_connections_opened_total", "Device WebSocket connections accepted."),
             connections_closed: t::counter_vec(&r, "fleetstream_receiver_connections_closed_total", "Device connections closed, by who closed them and why.", &["reason"]),
             connections_refused: t::counter_vec(&r, "fleetstream_receiver_connections_refused_total", "Connection attempts refused, by reason.", &["reason"]),
+            token_reloads: t::counter_vec(&r, "fleetstream_receiver_token_reloads_total", "Device token reloads (SIGHUP or a changed file), by outcome (error: the previous tokens stay).", &["outcome"]),
             auth_failures: t::counter_vec(&r, "fleetstream_receiver_auth_failures_total", "Connection attempts with a missing or invalid token.", &["reason"]),
             positions_received: t::counter(&r, "fleetstream_receiver_positions_received_total", "Positions received from devices (including refused ones)."),
             positions_acked: t::counter(&r, "fleetstream_receiver_positions_acked_total", "Positions acked to devices after Kafka's delivery report."),
