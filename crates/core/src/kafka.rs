@@ -100,15 +100,11 @@ impl KafkaArgs {
     /// record (nothing is skipped). Cooperative rebalancing moves only the partitions that
     /// change owner. Overrides apply last.
     pub fn consumer_config(&self, group_id: &str) -> ClientConfig {
-        let mut config = self.client_config();
+        // No auto commit or offset store, from the earliest record, read committed: what a
+        // transaction wrote is read once it commits, never if it aborts.
+        let mut config = self.reader_config(group_id);
         config
-            .set("group.id", group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
-            // What a transaction wrote is read once it commits, never if it aborts.
-            .set("isolation.level", "read_committed")
             // Kafka answers a fetch as soon as it has data (fetch.min.bytes 1); this bounds how
             // long a fetch that finds none is held (librdkafka's default: 500 ms), which a seek
             // or a new assignment otherwise waits behind.
