@@ -67,6 +67,17 @@ fn mark(p: &ProcessedPosition) -> Mark {
     Mark { ts: p.ts, seq: p.seq, lat: p.lat, lon: p.lon }
 }
 
+/// Ends the vehicle's overspeed episode at the emitter's position: `overspeed_end` if
+/// `overspeed` was reported for it.
+fn end_overspeed(state: &mut FleetState, out: &mut Emitter<'_>) {
+    if let Some(e) = state.overspeed.take() {
+        if e.reported {
+            let duration_s = (out.p.ts - e.since) as f64 / 1000.0;
+            out.emit(EventKind::OverspeedEnd { limit_kmh: e.limit_kmh, peak_kmh: e.peak_kmh, fence_id: e.fence_id, since: e.since, duration_s });
+        }
+    }
+}
+
 /// Collects the events of one position.
 struct Emitter<'a> {
     p: &'a ProcessedPosition,
@@ -125,12 +136,7 @@ impl EventRules {
         let mut out = Emitter { p: latest, now, events: Vec::new() };
         state.online = false;
         out.emit(EventKind::Offline { last_heard_at: state.heard_at, timeout_s: self.offline_after.as_secs_f64() });
-        if let Some(e) = state.overspeed.take() {
-            if e.reported {
-                let duration_s = (latest.ts - e.since) as f64 / 1000.0;
-                out.emit(EventKind::OverspeedEnd { limit_kmh: e.limit_kmh, peak_kmh: e.peak_kmh, fence_id: e.fence_id, since: e.since, duration_s });
-            }
-        }
+        end_overspeed(state, &mut out);
         if let Some(trip) = state.trip.take() {
             let (end, distance) = trip.stop.unwrap_or((mark(latest), trip.distance_m));
             self.finish_trip(trip, end, distance, &mut out);
@@ -231,12 +237,7 @@ impl EventRules {
             (None, _) => false,
         };
         if ends {
-            if let Some(e) = state.overspeed.take() {
-                if e.reported {
-                    let duration_s = (p.ts - e.since) as f64 / 1000.0;
-                    out.emit(EventKind::OverspeedEnd { limit_kmh: e.limit_kmh, peak_kmh: e.peak_kmh, fence_id: e.fence_id, since: e.since, duration_s });
-                }
-            }
+            end_overspeed(state, out);
         }
         let Some((limit_kmh, fence_id)) = limit else { return };
         if speed <= limit_kmh {
