@@ -4,6 +4,7 @@
 //! through with `--kafka-option key=value`, as Vector's `librdkafka_options` does; it is applied
 //! last, so it overrides fleetstream's own settings.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -12,17 +13,116 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
 
-/// Connection settings common to every Kafka client of a service.
-#[derive(Debug, Clone, clap::Args)]
+use crate::secret::Secret;
+
+pub mod probe;
+pub use probe::Probe;
+
+/// Connection settings common to every Kafka client of a service: where the brokers are, how
+/// to reach them (TLS, SASL) and librdkafka pass-through options.
+#[derive(Clone, clap::Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma-separated host:port.
     #[arg(long = "kafka-brokers", env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
 
+    /// How to reach the brokers: plaintext, ssl (TLS), sasl_plaintext or sasl_ssl (SASL over
+    /// TLS, what a production cluster should use).
+    #[arg(long = "kafka-security-protocol", env = "KAFKA_SECURITY_PROTOCOL", value_enum, default_value = "plaintext", ignore_case = true)]
+    pub security_protocol: SecurityProtocol,
+
+    /// SASL mechanism: SCRAM-SHA-512 (recommended), SCRAM-SHA-256, or PLAIN (for brokers that
+    /// only offer it; send it over TLS only).
+    #[arg(long = "kafka-sasl-mechanism", env = "KAFKA_SASL_MECHANISM", value_enum, default_value = "SCRAM-SHA-512", ignore_case = true)]
+    pub sasl_mechanism: SaslMechanism,
+
+    /// SASL user name: this service's own Kafka principal (docs/security.md lists each one's ACLs).
+    #[arg(long = "kafka-sasl-username", env = "KAFKA_SASL_USERNAME")]
+    pub sasl_username: Option<String>,
+
+    /// SASL password. Prefer --kafka-sasl-password-file: a value here is visible in the process
+    /// list. Never logged or printed.
+    #[arg(long = "kafka-sasl-password", env = "KAFKA_SASL_PASSWORD", hide_env_values = true, conflicts_with = "sasl_password_file")]
+    pub sasl_password: Option<Secret>,
+
+    /// File holding the SASL password (read once at start; one trailing newline is ignored), as
+    /// Docker and Kubernetes secrets are mounted.
+    #[arg(long = "kafka-sasl-password-file", env = "KAFKA_SASL_PASSWORD_FILE", value_parser = read_secret_file)]
+    pub sasl_password_file: Option<Secret>,
+
+    /// PEM file of the CA that signed the brokers' certificates (ssl, sasl_ssl). Without it the
+    /// system's trust store is used. Broker host names are verified against the certificates.
+    #[arg(long = "kafka-ssl-ca-file", env = "KAFKA_SSL_CA_FILE")]
+    pub ssl_ca_file: Option<PathBuf>,
+
     /// Extra librdkafka settings, KEY=VALUE, repeatable (in the env var separated by `;`), e.g.
-    /// `security.protocol=SASL_SSL;sasl.mechanism=SCRAM-SHA-512`. Applied last: overrides ours.
-    #[arg(long = "kafka-option", env = "KAFKA_OPTIONS", value_delimiter = ';', value_parser = parse_key_value)]
+    /// `ssl.certificate.location=/etc/kafka/client.pem`. Applied last: overrides ours.
+    #[arg(long = "kafka-option", env = "KAFKA_OPTIONS", value_delimiter = ';', value_parser = parse_key_value, hide_env_values = true)]
     pub options: Vec<(String, String)>,
+}
+
+/// `security.protocol` of librdkafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SecurityProtocol {
+    #[value(name = "plaintext")]
+    Plaintext,
+    #[value(name = "ssl")]
+    Ssl,
+    #[value(name = "sasl_plaintext")]
+    SaslPlaintext,
+    #[value(name = "sasl_ssl")]
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    pub fn uses_sasl(self) -> bool {
+        matches!(self, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
+    }
+
+    pub fn uses_tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+}
+
+/// `sasl.mechanism` of librdkafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SaslMechanism {
+    #[value(name = "SCRAM-SHA-512")]
+    ScramSha512,
+    #[value(name = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[value(name = "PLAIN")]
+    Plain,
+}
+
+impl SaslMechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::Plain => "PLAIN",
+        }
+    }
+}
+
+fn read_secret_file(path: &str) -> Result<Secret, String> {
+    Secret::from_file(Path::new(path)).map_err(|e| e.to_string())
+}
+
+/// Shows the settings as the start-up log does: secrets masked.
+impl std::fmt::Debug for KafkaArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaArgs").field("brokers", &self.brokers).field("settings", &self.redacted_options()).finish()
+    }
 }
 
 /// Producer tuning for services that write to Kafka.
@@ -59,11 +159,59 @@ fn is_secret(key: &str) -> bool {
 }
 
 impl KafkaArgs {
-    /// A client config with the brokers and the pass-through options.
+    /// A client config with the brokers and the security settings (TLS, SASL); the
+    /// pass-through options are applied by [`KafkaArgs::apply_overrides`], last.
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
+        config.set("security.protocol", self.security_protocol.as_str());
+        if self.security_protocol.uses_sasl() {
+            config.set("sasl.mechanism", self.sasl_mechanism.as_str());
+            if let Some(user) = &self.sasl_username {
+                config.set("sasl.username", user);
+            }
+            if let Some(password) = self.password() {
+                config.set("sasl.password", password.expose());
+            }
+        }
+        if let (true, Some(ca)) = (self.security_protocol.uses_tls(), &self.ssl_ca_file) {
+            config.set("ssl.ca.location", ca.display().to_string());
+        }
         config
+    }
+
+    /// The SASL password, from the flag or the file.
+    fn password(&self) -> Option<&Secret> {
+        self.sasl_password.as_ref().or(self.sasl_password_file.as_ref())
+    }
+
+    /// What is missing for the chosen security protocol, as a message naming the flags.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.security_protocol.uses_sasl() {
+            if self.sasl_username.as_deref().unwrap_or("").is_empty() {
+                bail!("--kafka-security-protocol {} needs --kafka-sasl-username (KAFKA_SASL_USERNAME)", self.security_protocol.as_str());
+            }
+            if self.password().is_none_or(Secret::is_empty) {
+                bail!(
+                    "--kafka-security-protocol {} needs --kafka-sasl-password-file (KAFKA_SASL_PASSWORD_FILE) or --kafka-sasl-password",
+                    self.security_protocol.as_str()
+                );
+            }
+        }
+        if let Some(ca) = &self.ssl_ca_file {
+            if !ca.is_file() {
+                bail!("--kafka-ssl-ca-file {}: no such file", ca.display());
+            }
+        }
+        Ok(())
+    }
+
+    /// Who this service is to Kafka, for messages: `User:<name>` or ANONYMOUS.
+    pub fn principal(&self) -> String {
+        match (&self.sasl_username, self.security_protocol.uses_sasl()) {
+            (Some(user), true) => format!("User:{user}"),
+            _ => "User:ANONYMOUS".to_string(),
+        }
     }
 
     /// Applies the pass-through options; call after setting the service's own.
@@ -73,12 +221,24 @@ impl KafkaArgs {
         }
     }
 
-    /// The pass-through options with secret values masked, for start-up logs.
+    /// The security settings and the pass-through options with secret values masked, for
+    /// start-up logs.
     pub fn redacted_options(&self) -> Vec<String> {
-        self.options
-            .iter()
-            .map(|(k, v)| if is_secret(k) { format!("{k}=***") } else { format!("{k}={v}") })
-            .collect()
+        let mut shown = vec![format!("security.protocol={}", self.security_protocol.as_str())];
+        if self.security_protocol.uses_sasl() {
+            shown.push(format!("sasl.mechanism={}", self.sasl_mechanism.as_str()));
+            shown.push(format!("sasl.username={}", self.sasl_username.as_deref().unwrap_or("")));
+            shown.push(format!("sasl.password={}", if self.password().is_some() { "***" } else { "(none)" }));
+        }
+        if let Some(ca) = &self.ssl_ca_file {
+            shown.push(format!("ssl.ca.location={}", ca.display()));
+        }
+        shown.extend(
+            self.options
+                .iter()
+                .map(|(k, v)| if is_secret(k) { format!("{k}=***") } else { format!("{k}={v}") }),
+        );
+        shown
     }
 
     /// An idempotent, acks=all producer config: a record is acknowledged only when every
@@ -173,13 +333,24 @@ pub async fn ensure_topics(admin: &AdminClient<DefaultClientContext>, specs: &[T
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            // A principal without the Create ACL (the least-privilege set-up) is refused even
+            // for a topic that exists; that one is fine, a missing one is the operator's to make.
+            Err((topic, code @ (RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::ClusterAuthorizationFailed))) => {
+                let exists = partition_count(admin.inner(), &topic, Duration::from_secs(10))?.is_some();
+                if !exists {
+                    bail!("not allowed to create topic {topic} ({code}): create it with an admin principal (scripts/kafka-access)");
+                }
+            }
             Err((topic, code)) => bail!("cannot create topic {topic}: {code}"),
         }
     }
     Ok(())
 }
 
-/// Partition count of a topic, or `None` if it does not exist.
+/// Partition count of a topic, or `None` if it does not exist. A topic the principal may not
+/// see is an error naming the topic, not a missing topic: Kafka answers
+/// TOPIC_AUTHORIZATION_FAILED when an ACL is missing, and "does not exist" would send the
+/// operator looking in the wrong place.
 pub fn partition_count<C: rdkafka::ClientContext>(
     client: &rdkafka::client::Client<C>,
     topic: &str,
@@ -188,12 +359,19 @@ pub fn partition_count<C: rdkafka::ClientContext>(
     let metadata = client
         .fetch_metadata(Some(topic), timeout)
         .with_context(|| format!("cannot read metadata of topic {topic}"))?;
-    Ok(metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().len() as i32)
-        .filter(|n| *n > 0))
+    let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else { return Ok(None) };
+    match found.error().map(RDKafkaErrorCode::from) {
+        None => Ok(Some(found.partitions().len() as i32).filter(|n| *n > 0)),
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed) => Err(NotAuthorized { topic: topic.to_string() }.into()),
+        Some(_) => Ok(None),
+    }
+}
+
+/// Kafka refused this principal access to a topic: an ACL is missing.
+#[derive(Debug, thiserror::Error)]
+#[error("Kafka denies access to topic `{topic}` (TOPIC_AUTHORIZATION_FAILED): the principal lacks an ACL on it (docs/security.md lists what each service needs)")]
+pub struct NotAuthorized {
+    pub topic: String,
 }
 
 /// Where a topic read whole from its beginning (a compacted table such as `geofences`) ended

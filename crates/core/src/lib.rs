@@ -14,6 +14,7 @@ pub mod kafka;
 pub mod position;
 pub mod publish;
 pub mod reason;
+pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tokens;

@@ -12,6 +12,7 @@ use rdkafka::ClientConfig;
 
 use crate::install::Installation;
 use crate::node::{self, Node, NodeAddr};
+use crate::secure::Security;
 
 /// Whether the nodes outlive this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,8 @@ pub struct ClusterSpec {
     pub log_level: String,
     /// Extra `server.properties` lines, applied last.
     pub extra: Vec<(String, String)>,
+    /// SASL_SSL with ACLs ([`Security`]) instead of a PLAINTEXT listener.
+    pub security: Option<Security>,
 }
 
 impl ClusterSpec {
@@ -53,6 +56,7 @@ impl ClusterSpec {
             heap: "512m".to_string(),
             log_level: "warn".to_string(),
             extra: Vec::new(),
+            security: None,
         }
     }
 
@@ -97,14 +101,14 @@ impl Cluster {
         let addrs = spec.addresses()?;
         let cluster_id = addrs.iter().find_map(node::formatted_cluster_id).unwrap_or_else(random_cluster_id);
         for a in &addrs {
-            node::write_file(&a.properties_path(), &node::properties(&spec, &addrs, a))?;
+            node::write_file(&a.properties_path(), &node::properties(&spec, &addrs, a)?)?;
         }
         // Formatting is a JVM start of its own (about 1.5 s): the nodes are formatted in parallel.
         std::thread::scope(|s| {
             let handles: Vec<_> = addrs
                 .iter()
                 .filter(|a| !a.is_formatted())
-                .map(|a| s.spawn(|| node::format(&install, a, &cluster_id)))
+                .map(|a| s.spawn(|| node::format(&install, a, &cluster_id, spec.security.as_ref())))
                 .collect();
             handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| bail!("formatting panicked")))
         })?;
@@ -131,6 +135,40 @@ impl Cluster {
     /// `bootstrap.servers` for clients: every node's client listener.
     pub fn bootstrap(&self) -> String {
         self.nodes.iter().map(|n| n.addr.address()).collect::<Vec<_>>().join(",")
+    }
+
+    /// A client config of the cluster's administrator: the bootstrap servers, and on a secure
+    /// cluster the admin's SASL_SSL settings.
+    pub fn admin_config(&self) -> anyhow::Result<ClientConfig> {
+        self.admin_config_for(&self.bootstrap())
+    }
+
+    fn admin_config_for(&self, bootstrap: &str) -> anyhow::Result<ClientConfig> {
+        match &self.spec.security {
+            Some(security) => security.admin_config(bootstrap),
+            None => {
+                let mut config = ClientConfig::new();
+                config.set("bootstrap.servers", bootstrap);
+                Ok(config)
+            }
+        }
+    }
+
+    /// librdkafka settings of `user` on this cluster (none on a plaintext one).
+    pub fn client_settings(&self, user: &str) -> anyhow::Result<Vec<(String, String)>> {
+        match &self.spec.security {
+            Some(security) => security.client_settings(user),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// On a secure cluster: every service's SCRAM user and ACLs (`topics`, `groups`: the names
+    /// the services run with).
+    pub fn grant_access(&self, topics: &crate::topics::TopicNames, groups: &crate::access::Groups) -> anyhow::Result<()> {
+        match &self.spec.security {
+            Some(security) => security.grant_access(&self.bootstrap(), topics, groups),
+            None => Ok(()),
+        }
     }
 
     pub fn nodes(&self) -> &[Node] {
@@ -205,11 +243,7 @@ impl Cluster {
         let deadline = Instant::now() + within;
         let running: Vec<NodeAddr> = self.nodes.iter_mut().filter_map(|n| n.is_running().then(|| n.addr.clone())).collect();
         let bootstrap = running.iter().map(NodeAddr::address).collect::<Vec<_>>().join(",");
-        let client: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("log_level", "0")
-            .create()
-            .context("cannot create a metadata client")?;
+        let client: BaseConsumer = self.admin_config_for(&bootstrap)?.set("log_level", "0").create().context("cannot create a metadata client")?;
         loop {
             for n in &mut self.nodes {
                 if let Some(status) = n.exited() {
@@ -278,7 +312,7 @@ mod tests {
     fn a_three_node_cluster_replicates_three_times_and_needs_two_in_sync() {
         let spec = ClusterSpec { port: 9092, ..ClusterSpec::new(3, PathBuf::from("/tmp/x")) };
         let addrs = spec.addresses().unwrap_or_default();
-        let text = node::properties(&spec, &addrs, &addrs[1]);
+        let text = node::properties(&spec, &addrs, &addrs[1]).unwrap_or_default();
         assert!(text.contains("node.id=2\n"), "{text}");
         assert!(text.contains("controller.quorum.voters=1@127.0.0.1:9093,2@127.0.0.1:9095,3@127.0.0.1:9097\n"), "{text}");
         assert!(text.contains("listeners=PLAINTEXT://127.0.0.1:9094,CONTROLLER://127.0.0.1:9095\n"), "{text}");
@@ -286,7 +320,7 @@ mod tests {
         assert!(text.contains("transaction.state.log.min.isr=2\n"), "{text}");
         let single = ClusterSpec::new(1, PathBuf::from("/tmp/y"));
         let addrs = single.addresses().unwrap_or_default();
-        let text = node::properties(&single, &addrs, &addrs[0]);
+        let text = node::properties(&single, &addrs, &addrs[0]).unwrap_or_default();
         assert!(text.contains("offsets.topic.replication.factor=1\n") && text.contains("min.insync.replicas=1\n"), "{text}");
     }
 }

@@ -12,13 +12,17 @@
 //! The `kafka-local` binary (and `scripts/kafka-local`, which runs it) wraps this for the
 //! command line; `fleetstream-testkit` uses it for the tests.
 
+pub mod access;
+mod admin_ffi;
 pub mod cluster;
 pub mod install;
 pub mod node;
+pub mod secure;
 pub mod topics;
 
 pub use cluster::{Cluster, ClusterSpec, Lifetime};
 pub use install::Installation;
+pub use secure::Security;
 
 /// The Apache Kafka release every test, the demo, the benchmarks and docker-compose.yml use.
 pub const KAFKA_VERSION: &str = "4.4.0";

@@ -7,8 +7,11 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use nix::sys::signal::Signal;
 
+use fleetstream_core::kafka::KafkaArgs;
+use fleetstream_kafka_local::access::{self, Groups, SERVICES};
 use fleetstream_kafka_local::topics::{self, TopicNames};
-use fleetstream_kafka_local::{install, node, Cluster, ClusterSpec, Installation, Lifetime, KAFKA_VERSION};
+use fleetstream_kafka_local::{install, node, Cluster, ClusterSpec, Installation, Lifetime, Security, KAFKA_VERSION};
+use rdkafka::ClientConfig;
 
 /// Apache Kafka on this machine: installs a pinned release from Maven Central (once, cached)
 /// and runs one combined broker+controller node or a KRaft cluster of several.
@@ -43,12 +46,21 @@ struct Config {
     #[arg(long, env = "KAFKA_LOG_LEVEL", default_value = "info", global = true)]
     log_level: String,
 
+    /// A locked-down cluster: SASL_SSL only (SCRAM-SHA-512, also SCRAM-SHA-256 and PLAIN), the
+    /// StandardAuthorizer with ACLs, one user per service. The CA and every password are made
+    /// once under DIR/security/ (docs/security.md).
+    #[arg(long, env = "KAFKA_SECURE", default_value_t = false, global = true)]
+    secure: bool,
+
     /// Start from empty storage (deletes the directory's data first).
     #[arg(long, env = "KAFKA_FRESH", default_value_t = false, global = true)]
     fresh: bool,
 
     #[command(flatten)]
     topics: TopicNames,
+
+    #[command(flatten)]
+    groups: Groups,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -67,11 +79,30 @@ enum Action {
     Status,
     /// Print the directory holding the broker's jars.
     Path,
+    /// Create each service's SASL user and its ACLs on a cluster (the admin's connection is
+    /// given with the --kafka-* flags), or print them as kafka-configs.sh/kafka-acls.sh commands.
+    Access(AccessArgs),
     /// Print the Apache Kafka version.
     Version,
     /// Print the broker settings of this cluster size, KEY=VALUE per line (what docker-compose.yml
     /// must agree with).
     Settings,
+}
+
+#[derive(Debug, clap::Args)]
+struct AccessArgs {
+    /// Only print the users and ACLs as Kafka's own commands; change nothing.
+    #[arg(long, env = "KAFKA_ACCESS_PRINT", default_value_t = false)]
+    print: bool,
+
+    /// Directory of `<user>.password` files, one per service; a missing one is created with a
+    /// random password (mode 0600). With --secure: DIR/security/secrets.
+    #[arg(long, env = "KAFKA_SECRETS_DIR")]
+    secrets_dir: Option<PathBuf>,
+
+    /// How to reach the cluster as its administrator.
+    #[command(flatten)]
+    admin: KafkaArgs,
 }
 
 fn say(message: &str) {
@@ -102,6 +133,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         Action::Run => foreground(&config),
         Action::Stop => stop(&config.dir),
         Action::Topics => create_topics(&config, &bootstrap(&config)),
+        Action::Access(ref args) => grant_access(&config, args),
         Action::Status => status(&config),
         Action::Version => {
             println!("{KAFKA_VERSION}");
@@ -116,14 +148,64 @@ fn run(config: Config) -> anyhow::Result<()> {
     }
 }
 
-fn spec(config: &Config) -> ClusterSpec {
-    ClusterSpec {
+fn spec(config: &Config) -> anyhow::Result<ClusterSpec> {
+    Ok(ClusterSpec {
         port: config.port,
         partitions: config.partitions,
         heap: config.heap.clone(),
         log_level: config.log_level.clone(),
+        security: security(config)?,
         ..ClusterSpec::new(config.nodes, config.dir.clone())
+    })
+}
+
+/// With --secure: the cluster's CA and passwords (made on first use).
+fn security(config: &Config) -> anyhow::Result<Option<Security>> {
+    config.secure.then(|| Security::prepare(&config.dir.join("security"))).transpose()
+}
+
+/// The administrator's client config on this machine's cluster.
+fn admin_config(config: &Config, bootstrap: &str) -> anyhow::Result<ClientConfig> {
+    match security(config)? {
+        Some(security) => security.admin_config(bootstrap),
+        None => {
+            let mut c = ClientConfig::new();
+            c.set("bootstrap.servers", bootstrap);
+            Ok(c)
+        }
     }
+}
+
+/// `kafka-local access`: users and ACLs for every service, on any cluster.
+fn grant_access(config: &Config, args: &AccessArgs) -> anyhow::Result<()> {
+    let acls = access::acls(&config.topics, &config.groups);
+    if args.print {
+        let users: Vec<&str> = SERVICES.iter().map(|s| s.user).collect();
+        for line in access::commands(&users, &acls) {
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    let dir = match (&args.secrets_dir, config.secure) {
+        (Some(dir), _) => dir.clone(),
+        (None, true) => config.dir.join("security/secrets"),
+        (None, false) => anyhow::bail!("--secrets-dir is needed: where each service's password file is (or is to be made)"),
+    };
+    let mut users = Vec::new();
+    for s in SERVICES {
+        let file = dir.join(format!("{}.password", s.user));
+        if !file.exists() {
+            fleetstream_kafka_local::secure::write_secret(&file, &fleetstream_kafka_local::secure::random_password())?;
+            say(&format!("made a password for {} in {}", s.user, file.display()));
+        }
+        users.push((s.user.to_string(), fleetstream_core::secret::Secret::from_file(&file)?.expose().to_string()));
+    }
+    args.admin.validate()?;
+    let mut admin = args.admin.client_config();
+    args.admin.apply_overrides(&mut admin);
+    access::apply(&admin, &users, &acls)?;
+    say(&format!("users {} and {} ACLs in place on {}", users.iter().map(|u| u.0.as_str()).collect::<Vec<_>>().join(", "), acls.len(), args.admin.brokers));
+    Ok(())
 }
 
 fn bootstrap(config: &Config) -> String {
@@ -155,7 +237,7 @@ fn start(config: &Config) -> anyhow::Result<()> {
     let install = prepare(config)?;
     say(&format!("starting {} on {}", describe(config), bootstrap(config)));
     let started = Instant::now();
-    let mut cluster = Cluster::launch(install, spec(config), Lifetime::Detached)?;
+    let mut cluster = Cluster::launch(install, spec(config)?, Lifetime::Detached)?;
     // Pid files first: `stop` must find the nodes even if they never become ready.
     for n in cluster.nodes() {
         if let Some(pid) = n.pid() {
@@ -178,7 +260,7 @@ fn start(config: &Config) -> anyhow::Result<()> {
 fn foreground(config: &Config) -> anyhow::Result<()> {
     let install = prepare(config)?;
     say(&format!("starting {} on {} (Ctrl-C stops it)", describe(config), bootstrap(config)));
-    let mut cluster = Cluster::start(install, spec(config), Lifetime::Owned)?;
+    let mut cluster = Cluster::start(install, spec(config)?, Lifetime::Owned)?;
     create_topics(config, &cluster.bootstrap())?;
     say(&format!("ready on {}; logs in {}/node-*/broker.log", cluster.bootstrap(), config.dir.display()));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -190,7 +272,16 @@ fn foreground(config: &Config) -> anyhow::Result<()> {
 fn create_topics(config: &Config, bootstrap: &str) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let partitions = i32::try_from(config.partitions).context("too many partitions")?;
-    runtime.block_on(topics::create(bootstrap, &config.topics.specs(partitions)))?;
+    runtime.block_on(topics::create(&admin_config(config, bootstrap)?, &config.topics.specs(partitions)))?;
+    if let Some(security) = security(config)? {
+        security.grant_access(bootstrap, &config.topics, &config.groups)?;
+        say(&format!(
+            "SASL_SSL with ACLs: services connect with --kafka-security-protocol sasl_ssl --kafka-ssl-ca-file {} \
+             --kafka-sasl-username <receiver|processor|tracker|dlq> --kafka-sasl-password-file {}",
+            security.ca_file().display(),
+            security.password_file("<user>").display()
+        ));
+    }
     say(&format!(
         "topics ready: {}, {}, {} (compacted), {} ({partitions} partitions each)",
         config.topics.raw, config.topics.positions, config.topics.latest, config.topics.dlq

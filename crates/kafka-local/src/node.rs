@@ -13,6 +13,7 @@ use nix::unistd::Pid;
 
 use crate::cluster::{ClusterSpec, Lifetime};
 use crate::install::Installation;
+use crate::secure::Security;
 
 /// Where one node listens and keeps its files.
 #[derive(Debug, Clone)]
@@ -52,23 +53,28 @@ impl NodeAddr {
 
 /// The node's `server.properties`. Replication follows the cluster size: a single node keeps
 /// one copy of everything, a cluster of three keeps three and needs two in sync for acks=all.
-pub fn properties(spec: &ClusterSpec, nodes: &[NodeAddr], node: &NodeAddr) -> String {
+pub fn properties(spec: &ClusterSpec, nodes: &[NodeAddr], node: &NodeAddr) -> anyhow::Result<String> {
     let voters: Vec<String> = nodes.iter().map(|v| format!("{}@127.0.0.1:{}", v.id, v.controller_port)).collect();
     let mut lines = vec![
         "# Written by kafka-local (crates/kafka-local/src/node.rs) at every start.".to_string(),
         "process.roles=broker,controller".to_string(),
         format!("node.id={}", node.id),
         format!("controller.quorum.voters={}", voters.join(",")),
-        format!("listeners=PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}", node.port, node.controller_port),
-        format!("advertised.listeners=PLAINTEXT://127.0.0.1:{}", node.port),
         "controller.listener.names=CONTROLLER".to_string(),
-        "inter.broker.listener.name=PLAINTEXT".to_string(),
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT".to_string(),
         format!("log.dirs={}", node.data_dir().display()),
     ];
+    match &spec.security {
+        Some(security) => lines.extend(security.properties(node.port, node.controller_port)?.into_iter().map(|(k, v)| format!("{k}={v}"))),
+        None => lines.extend([
+            format!("listeners=PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}", node.port, node.controller_port),
+            format!("advertised.listeners=PLAINTEXT://127.0.0.1:{}", node.port),
+            "inter.broker.listener.name=PLAINTEXT".to_string(),
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT".to_string(),
+        ]),
+    }
     lines.extend(broker_settings(nodes.len(), spec.partitions).into_iter().map(|(k, v)| format!("{k}={v}")));
     lines.extend(spec.extra.iter().map(|(k, v)| format!("{k}={v}")));
-    lines.join("\n") + "\n"
+    Ok(lines.join("\n") + "\n")
 }
 
 /// The broker settings fleetstream runs with on a cluster of `nodes`, everywhere
@@ -98,7 +104,8 @@ pub fn broker_settings(nodes: usize, partitions: u32) -> Vec<(&'static str, Stri
 }
 
 /// Formats the node's storage for `cluster_id` (once: a formatted node keeps its data).
-pub fn format(install: &Installation, node: &NodeAddr, cluster_id: &str) -> anyhow::Result<()> {
+pub fn format(install: &Installation, node: &NodeAddr, cluster_id: &str, security: Option<&Security>) -> anyhow::Result<()> {
+    let scram = security.map(Security::format_args).transpose()?.unwrap_or_default();
     let output = Command::new(&install.java)
         .arg("-cp")
         .arg(install.classpath())
@@ -106,6 +113,7 @@ pub fn format(install: &Installation, node: &NodeAddr, cluster_id: &str) -> anyh
         .arg("-Dkafka.log.level=warn")
         .args(["kafka.tools.StorageTool", "format", "--ignore-formatted", "-t", cluster_id, "-c"])
         .arg(node.properties_path())
+        .args(scram)
         .stdin(Stdio::null())
         .output()
         .context("cannot run Kafka's StorageTool")?;

@@ -48,10 +48,11 @@ impl TopicNames {
     }
 }
 
-/// Creates the topics that do not exist yet.
-pub async fn create(bootstrap: &str, specs: &[TopicSpec]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+/// Creates the topics that do not exist yet, as the client `admin` configures (a cluster's
+/// [`crate::Cluster::admin_config`]).
+pub async fn create(admin: &ClientConfig, specs: &[TopicSpec]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = admin
+        .clone()
         .set("socket.timeout.ms", Duration::from_secs(10).as_millis().to_string())
         .create()
         .context("cannot create a Kafka admin client")?;

@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use fleetstream_core::http::{ops_router, Health};
-use fleetstream_core::kafka::{ensure_topics, partition_count, KafkaArgs, TopicSpec};
+use fleetstream_core::kafka::{ensure_topics, Probe, TopicSpec};
 
 pub use config::{Config, ExactlyOnce};
 pub use metrics::Metrics;
@@ -53,21 +53,19 @@ impl std::fmt::Debug for Application {
     }
 }
 
-/// A topic's partition count, read with a short-lived admin client off the async threads.
-async fn partitions_of(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<Option<i32>> {
-    let (kafka, topic) = (kafka.clone(), topic.to_string());
-    tokio::task::spawn_blocking(move || {
-        let admin = kafka.admin()?;
-        partition_count(admin.inner(), &topic, Duration::from_secs(10))
-    })
-    .await?
+/// A topic's partition count, read off the async threads; an error says why in words (wrong
+/// credentials, TLS, a missing ACL naming the topic).
+async fn partitions_of(probe: &Arc<Probe>, topic: &str) -> anyhow::Result<Option<i32>> {
+    let (probe, topic) = (probe.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || probe.partitions(&topic, Duration::from_secs(10))).await?
 }
 
 impl Application {
     /// Checks (or creates) the topics, binds the ops port, creates the clients.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
-        let Some(input_partitions) = partitions_of(&config.kafka, &config.input_topic).await? else {
+        let probe = Arc::new(Probe::new(&config.kafka)?);
+        let Some(input_partitions) = partitions_of(&probe, &config.input_topic).await? else {
             bail!("input topic {} does not exist (create it, e.g. with scripts/kafka-local topics)", config.input_topic);
         };
         if config.create_topics {
@@ -84,7 +82,7 @@ impl Application {
         // Input partition p is written to partition p of every output: that is what lets a
         // restarted processor find what it already wrote.
         for topic in [&config.positions_topic, &config.latest_topic, &config.dlq_topic, &config.events_topic] {
-            match partitions_of(&config.kafka, topic).await? {
+            match partitions_of(&probe, topic).await? {
                 None => bail!("output topic {topic} does not exist (or pass --create-topics true)"),
                 Some(n) if n < input_partitions => bail!(
                     "output topic {topic} has {n} partitions but {} has {input_partitions}: outputs need at least as many",

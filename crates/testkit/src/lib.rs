@@ -68,6 +68,9 @@ fn broker_dir(kind: &str) -> PathBuf {
 #[derive(Debug, Clone)]
 pub struct Broker {
     bootstrap: String,
+    /// librdkafka settings of the administrator (TLS and SASL on a secure cluster; none on a
+    /// plaintext one): every reader and writer of the harness uses them.
+    admin: Vec<(String, String)>,
 }
 
 static SHARED: OnceLock<Result<(Broker, Option<Cluster>), String>> = OnceLock::new();
@@ -79,11 +82,11 @@ impl Broker {
     pub fn shared() -> Broker {
         let shared = SHARED.get_or_init(|| {
             if let Ok(bootstrap) = std::env::var("FLEETSTREAM_TEST_KAFKA") {
-                return Ok((Broker { bootstrap }, None));
+                return Ok((Broker { bootstrap, admin: Vec::new() }, None));
             }
             let started = installation().and_then(|i| Cluster::start(i, ClusterSpec::new(1, broker_dir("shared")), Lifetime::Owned));
             match started {
-                Ok(cluster) => Ok((Broker { bootstrap: cluster.bootstrap() }, Some(cluster))),
+                Ok(cluster) => Ok((Broker { bootstrap: cluster.bootstrap(), admin: Vec::new() }, Some(cluster))),
                 Err(e) => Err(format!("{e:#}")),
             }
         });
@@ -95,7 +98,7 @@ impl Broker {
 
     /// A handle on any running cluster.
     pub fn at(bootstrap: impl Into<String>) -> Broker {
-        Broker { bootstrap: bootstrap.into() }
+        Broker { bootstrap: bootstrap.into(), admin: Vec::new() }
     }
 
     /// `host:port,...` for `bootstrap.servers`.
@@ -106,6 +109,9 @@ impl Broker {
     pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap);
+        for (k, v) in &self.admin {
+            c.set(k, v);
+        }
         c
     }
 
@@ -229,8 +235,53 @@ impl Dedicated {
     /// Starts `nodes` Apache Kafka nodes (1, or 3 for replication 3 and min.insync.replicas 2).
     pub fn start(nodes: u32) -> anyhow::Result<Dedicated> {
         let cluster = Cluster::start(installation()?, ClusterSpec::new(nodes, broker_dir("dedicated")), Lifetime::Owned)?;
-        let broker = Broker { bootstrap: cluster.bootstrap() };
+        let broker = Broker { bootstrap: cluster.bootstrap(), admin: Vec::new() };
         Ok(Dedicated { cluster, broker })
+    }
+
+    /// One locked-down node (`kafka-local --secure`): SASL_SSL only, ACLs enforced, a user per
+    /// service. The harness's own readers and writers connect as the admin.
+    pub fn start_secure() -> anyhow::Result<Dedicated> {
+        let dir = broker_dir("secure");
+        let security = fleetstream_kafka_local::Security::prepare(&dir.join("security"))?;
+        let spec = ClusterSpec { security: Some(security), ..ClusterSpec::new(1, dir) };
+        let cluster = Cluster::start(installation()?, spec, Lifetime::Owned)?;
+        let broker = Broker { bootstrap: cluster.bootstrap(), admin: cluster.client_settings(fleetstream_kafka_local::secure::ADMIN)? };
+        Ok(Dedicated { cluster, broker })
+    }
+
+    /// On a secure node: every service's user and ACLs for `topics` and these consumer groups
+    /// (also the transactional-id prefix of the processor).
+    pub fn grant_access(&self, topics: &Topics, processor_group: &str, tracker_group: &str) -> anyhow::Result<()> {
+        let names = fleetstream_kafka_local::topics::TopicNames {
+            raw: topics.raw.clone(),
+            positions: topics.positions.clone(),
+            latest: topics.latest.clone(),
+            dlq: topics.dlq.clone(),
+            events: topics.events.clone(),
+            geofences: topics.geofences.clone(),
+        };
+        let groups = fleetstream_kafka_local::access::Groups {
+            processor: processor_group.to_string(),
+            tracker: tracker_group.to_string(),
+            dlq: "fleetstream-dlq".to_string(),
+        };
+        self.cluster.grant_access(&names, &groups)
+    }
+
+    /// The `--kafka-*` flags a service runs with as `user` on this node: SASL_SSL,
+    /// `mechanism`, the CA file and the user's password file (none on a plaintext node).
+    pub fn service_flags(&self, user: &str, mechanism: &str) -> anyhow::Result<Vec<String>> {
+        let settings = self.cluster.client_settings(user)?;
+        let Some(ca) = settings.iter().find(|(k, _)| k == "ssl.ca.location").map(|(_, v)| v.clone()) else { return Ok(Vec::new()) };
+        let password_file = self.cluster.spec().security.as_ref().map(|s| s.password_file(user)).context("not a secure cluster")?;
+        Ok(vec![
+            "--kafka-security-protocol=sasl_ssl".to_string(),
+            format!("--kafka-sasl-mechanism={mechanism}"),
+            format!("--kafka-sasl-username={user}"),
+            format!("--kafka-sasl-password-file={}", password_file.display()),
+            format!("--kafka-ssl-ca-file={ca}"),
+        ])
     }
 
     pub fn broker(&self) -> &Broker {
