@@ -145,6 +145,8 @@ def receiver(broker, t, port, extra=()):
     p = start("receiver", [REL / "receiver", "--listen", f"127.0.0.1:{port}", "--kafka-brokers", broker.brokers,
                            "--topic", t["gpscoords"], "--dlq-topic", t["gpscoords-dlq"], "--auth", "none",
                            "--rate-limit", "0", "--max-connections", "20000", "--max-in-flight-per-connection", "5000",
+                           # Every simulated device connects from 127.0.0.1 (10k in the connections stage).
+                           "--max-connections-per-ip", "0",
                            "--log-level", "warn", *extra])
     wait_ready(port)
     return p

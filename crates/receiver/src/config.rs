@@ -69,6 +69,32 @@ pub struct Config {
     #[arg(long, env = "RECEIVER_ABUSE_LIMIT", default_value_t = 20)]
     pub abuse_limit: u32,
 
+    /// Ping and pong frames one connection may send per second (as a burst, or on average);
+    /// each one beyond counts as a limit violation towards --abuse-limit. 0 turns the limit off.
+    #[arg(long, env = "RECEIVER_PING_RATE_LIMIT", default_value_t = 10.0)]
+    pub ping_rate_limit: f64,
+
+    /// Most TCP connections open at once from one source address (WebSocket sessions and HTTP
+    /// requests alike); the next gets `429 Too Many Requests` and is closed. 0: no limit.
+    #[arg(long, env = "RECEIVER_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+
+    /// Longest a client may take to send a complete HTTP request head (the WebSocket upgrade
+    /// request, or a /metrics request), counted from the connection's start or its previous
+    /// answer; slower connections are closed without an answer (slowloris).
+    #[arg(long, env = "RECEIVER_UPGRADE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub upgrade_timeout: Duration,
+
+    /// Largest HTTP request head accepted (request line and headers, in bytes; at most 100
+    /// header fields); larger ones get `431 Request Header Fields Too Large`.
+    #[arg(long, env = "RECEIVER_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// Longest the receiver waits to write an answer frame to a device that does not read its
+    /// socket; then the connection is closed (its unanswered positions are resent by the device).
+    #[arg(long, env = "RECEIVER_WRITE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+
     /// Device authentication: token (default) or none (local demos only).
     #[arg(long, env = "RECEIVER_AUTH", value_enum, default_value = "token")]
     pub auth: AuthMode,

@@ -5,9 +5,11 @@
 //! when either runs out it simply stops reading the socket, which is the back-pressure. The
 //! writer takes outcomes in arrival order and waits for each one's delivery report before
 //! writing its ack or error frame, so answers come back in the order positions were sent and an
-//! ack always means "in Kafka".
+//! ack always means "in Kafka". A device that stops reading its answers stalls the writer: after
+//! `--write-timeout` the writer gives up, tells the reader, and the connection is dropped.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +33,11 @@ use crate::metrics::Metrics;
 pub mod close_code {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
+    /// A frame breaking the protocol: a continuation with nothing to continue, a new message
+    /// inside a fragmented one, a fragmented or oversized control frame, reserved bits, no mask.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY_VIOLATION: u16 = 1008;
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     pub const TRY_AGAIN_LATER: u16 = 1013;
@@ -76,6 +83,21 @@ enum Outcome {
     Refused { error: ErrorFrame, dlq: Option<DeliveryFuture> },
     /// The last thing the connection will say.
     Close { code: u16, reason: &'static str },
+}
+
+/// What the writer tells the reader when answers can no longer be written.
+#[derive(Debug, Default)]
+struct WriteFailure {
+    failed: CancellationToken,
+    /// The socket took no answer for `--write-timeout` (else: writing failed, the device is gone).
+    timed_out: AtomicBool,
+}
+
+impl WriteFailure {
+    fn fail(&self, timed_out: bool) {
+        self.timed_out.store(timed_out, Ordering::Relaxed);
+        self.failed.cancel();
+    }
 }
 
 /// Counts for the connection's closing log line.
@@ -150,7 +172,10 @@ pub(crate) struct Connection {
     allowed: Allowed,
     credential: Option<Credential>,
     bucket: Option<TokenBucket>,
+    /// Ping and pong frames allowed (none: unlimited).
+    pings: Option<TokenBucket>,
     abuse: AbuseWindow,
+    write: Arc<WriteFailure>,
     frame_no: u64,
     last_legacy_seq: u64,
     counts: Counts,
@@ -162,6 +187,7 @@ impl Connection {
         let Gateway { ingest, limits, metrics, shutdown } = gateway;
         let bucket = (limits.rate_limit > 0.0).then(|| TokenBucket::new(limits.rate_limit, limits.rate_burst.max(1.0)));
         let abuse = AbuseWindow::new(limits.abuse_limit, Duration::from_secs(10));
+        let pings = (limits.ping_rate > 0.0).then(|| TokenBucket::new(limits.ping_rate, limits.ping_rate.max(1.0)));
         Connection {
             in_flight_here: Arc::new(Semaphore::new(limits.max_in_flight)),
             ingest,
@@ -173,7 +199,9 @@ impl Connection {
             allowed,
             credential,
             bucket,
+            pings,
             abuse,
+            write: Arc::default(),
             frame_no: 0,
             last_legacy_seq: 0,
             counts: Counts::default(),
@@ -188,7 +216,8 @@ impl Connection {
         let (sink, mut stream) = socket.split();
         let capacity = self.limits.max_in_flight + self.limits.max_positions_per_frame + 2;
         let (tx, rx) = mpsc::channel(capacity);
-        let writer = tokio::spawn(write_answers(rx, sink, self.metrics.clone(), self.ingest.clone()));
+        let answers = Answers { metrics: self.metrics.clone(), ingest: self.ingest.clone(), timeout: self.limits.write_timeout, failure: self.write.clone() };
+        let writer = tokio::spawn(write_answers(rx, sink, answers));
 
         let ending = self.read_frames(&mut stream, &tx).await;
         m.connections_closed.with_label_values(&[ending.label]).inc();
@@ -198,15 +227,19 @@ impl Connection {
         // The closing handshake: our Close frame is out; read (and drop: they were never
         // answered, so the device still holds them) what the device had already sent, until
         // its Close reply. Closing with unread data would reset the TCP connection and could
-        // destroy our Close frame before the device read it.
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(Ok(message)) = stream.next().await {
-                if matches!(message, Message::Close(_)) {
-                    break;
+        // destroy our Close frame before the device read it. (After a read error the stream
+        // yields nothing more; the socket's lingering close, socket.rs, protects the frame
+        // then.) Unless nothing could be written: then there is no Close frame to protect.
+        if !self.write.failed.is_cancelled() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Some(Ok(message)) = stream.next().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
                 }
-            }
-        })
-        .await;
+            })
+            .await;
+        }
         m.connections.dec();
         tracing::info!(
             conn = self.id,
@@ -223,6 +256,7 @@ impl Connection {
 
     async fn read_frames(&mut self, stream: &mut futures_util::stream::SplitStream<WebSocket>, tx: &mpsc::Sender<Outcome>) -> Ending {
         let shutdown = self.shutdown.clone();
+        let write = self.write.clone();
         let mut credential = self.credential.take();
         loop {
             let next = tokio::select! {
@@ -230,6 +264,15 @@ impl Connection {
                 biased;
                 () = shutdown.cancelled() => {
                     return Ending { code: close_code::GOING_AWAY, reason: "receiver shutting down", label: "shutdown" };
+                }
+                // No answer can reach the device: taking more of its frames would only grow
+                // what it never learns about.
+                () = write.failed.cancelled() => {
+                    if write.timed_out.load(Ordering::Relaxed) {
+                        tracing::info!(conn = self.id, peer = %self.peer, "device reads no answers; closing the connection");
+                        return Ending { code: close_code::POLICY_VIOLATION, reason: "answers not read", label: "write_timeout" };
+                    }
+                    return Ending { code: close_code::NORMAL, reason: "", label: "client_gone" };
                 }
                 now = async { match &mut credential { Some(c) => c.changed().await, None => std::future::pending().await } } => {
                     match now {
@@ -245,8 +288,8 @@ impl Connection {
             };
             let message = match next {
                 None => return Ending { code: close_code::NORMAL, reason: "", label: "client_gone" },
-                Some(Err(error)) => {
-                    if is_too_big(&error) {
+                Some(Err(error)) => match ReadFailure::of(&error) {
+                    ReadFailure::TooBig => {
                         self.count_frame("text", 0);
                         self.metrics.positions_received.inc();
                         let rejection = Rejection::new(Reason::FrameTooLarge, format!(
@@ -256,9 +299,19 @@ impl Connection {
                         self.refuse(tx, Refusal::new(rejection)).await;
                         return Ending { code: close_code::MESSAGE_TOO_BIG, reason: "frame too large", label: "frame_too_big" };
                     }
-                    tracing::debug!(conn = self.id, %error, "websocket read error");
-                    return Ending { code: close_code::NORMAL, reason: "", label: "read_error" };
-                }
+                    ReadFailure::InvalidUtf8 => {
+                        tracing::info!(conn = self.id, peer = %self.peer, %error, "closing the connection: a text frame is not UTF-8");
+                        return Ending { code: close_code::INVALID_PAYLOAD, reason: "text frame is not valid UTF-8", label: "invalid_utf8" };
+                    }
+                    ReadFailure::Protocol => {
+                        tracing::info!(conn = self.id, peer = %self.peer, %error, "closing the connection: WebSocket protocol violation");
+                        return Ending { code: close_code::PROTOCOL_ERROR, reason: "WebSocket protocol violation", label: "protocol_error" };
+                    }
+                    ReadFailure::Other => {
+                        tracing::debug!(conn = self.id, %error, "websocket read error");
+                        return Ending { code: close_code::NORMAL, reason: "", label: "read_error" };
+                    }
+                },
                 Some(Ok(message)) => message,
             };
             match message {
@@ -273,8 +326,16 @@ impl Connection {
                     let rejection = Rejection::new(Reason::BinaryFrame, "binary frames are not accepted; send positions as JSON text frames");
                     self.refuse(tx, Refusal::new(rejection).keeping(&bytes)).await;
                 }
-                Message::Ping(_) => self.count_frame("ping", 0),
-                Message::Pong(_) => self.count_frame("pong", 0),
+                // tungstenite answers pings itself, keeping at most one pong unsent; a flood of
+                // them is a limit violation like any other.
+                Message::Ping(_) | Message::Pong(_) => {
+                    self.count_frame(if matches!(message, Message::Ping(_)) { "ping" } else { "pong" }, 0);
+                    if let Some(pings) = self.pings.as_mut() {
+                        if pings.take(1, Instant::now()) == 0 {
+                            self.abuse.record();
+                        }
+                    }
+                }
                 Message::Close(_) => {
                     self.count_frame("close", 0);
                     return Ending { code: close_code::NORMAL, reason: "", label: "client_closed" };
@@ -426,11 +487,34 @@ impl Connection {
     }
 }
 
-/// Whether a read error is tungstenite's capacity error (a message over the hard size cap).
-/// axum does not re-export tungstenite's error type, so this reads its stable Display text.
-fn is_too_big(error: &axum::Error) -> bool {
-    let text = error.to_string();
-    text.contains("Space limit exceeded") || text.contains("Message too long")
+/// What a WebSocket read error says about the device's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadFailure {
+    /// A message over the hard size cap (fragments included).
+    TooBig,
+    /// A text frame, or fragment, that is not valid UTF-8.
+    InvalidUtf8,
+    /// A frame that breaks RFC 6455.
+    Protocol,
+    /// The connection itself failed (reset, EOF mid-frame): nothing to answer.
+    Other,
+}
+
+impl ReadFailure {
+    /// axum does not re-export tungstenite's error type, so this reads its stable Display
+    /// prefixes (tungstenite's `Error` variants).
+    fn of(error: &axum::Error) -> Self {
+        let text = error.to_string();
+        if text.starts_with("Space limit exceeded") || text.contains("Message too long") {
+            ReadFailure::TooBig
+        } else if text.starts_with("UTF-8 encoding error") {
+            ReadFailure::InvalidUtf8
+        } else if text.starts_with("WebSocket protocol error") {
+            ReadFailure::Protocol
+        } else {
+            ReadFailure::Other
+        }
+    }
 }
 
 /// A permit of this connection's in-flight bound, then one of the receiver's.
@@ -440,13 +524,18 @@ async fn acquire(here: &Arc<Semaphore>, ingest: &Ingest) -> Option<(OwnedSemapho
     Some((local, global))
 }
 
-/// The writer half: answers outcomes in order, then closes the socket.
-async fn write_answers(
-    mut rx: mpsc::Receiver<Outcome>,
-    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+/// What the writer half works with.
+struct Answers {
     metrics: Metrics,
     ingest: Arc<Ingest>,
-) -> u64 {
+    /// `--write-timeout`: longest one answer may wait for the socket.
+    timeout: Duration,
+    failure: Arc<WriteFailure>,
+}
+
+/// The writer half: answers outcomes in order, then closes the socket.
+async fn write_answers(mut rx: mpsc::Receiver<Outcome>, mut sink: futures_util::stream::SplitSink<WebSocket, Message>, answers: Answers) -> u64 {
+    let Answers { metrics, ingest, timeout, failure } = answers;
     let m = &metrics;
     let mut acked = 0u64;
     let mut open = true;
@@ -492,12 +581,27 @@ async fn write_answers(
         if !open {
             continue; // keep draining so permits and metrics settle
         }
-        if sink.feed(Message::Text(frame.to_json().into())).await.is_err() {
-            open = false;
-            continue;
-        }
-        if rx.is_empty() && sink.flush().await.is_err() {
-            open = false;
+        // Batch answers while more are queued; flush when none is. A socket that takes
+        // nothing (the device does not read) makes both wait: at most `timeout`.
+        let flush = rx.is_empty();
+        let written = tokio::time::timeout(timeout, async {
+            sink.feed(Message::Text(frame.to_json().into())).await?;
+            if flush {
+                sink.flush().await?;
+            }
+            Ok::<_, axum::Error>(())
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                open = false;
+                failure.fail(false);
+            }
+            Err(_) => {
+                open = false;
+                failure.fail(true);
+            }
         }
     }
     acked

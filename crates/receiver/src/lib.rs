@@ -16,6 +16,9 @@ mod connection;
 mod ingest;
 mod limits;
 mod metrics;
+mod per_ip;
+mod serve;
+mod socket;
 mod tls;
 
 use std::future::Future;
@@ -25,6 +28,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -48,6 +53,11 @@ pub use metrics::Metrics;
 
 /// Socket read buffer and write batching threshold of each WebSocket connection.
 const WS_BUFFER_BYTES: usize = 8 * 1024;
+
+/// Most bytes a WebSocket connection keeps unsent. Answers wait for the socket instead (and
+/// `--write-timeout` ends the wait); this bounds what tungstenite queues by itself: the pongs
+/// to a device that pings and never reads.
+const WS_MAX_WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// What the server and its handlers share.
 pub(crate) struct Shared {
@@ -168,15 +178,15 @@ impl Application {
             stopping.health.set_stopping();
             stopping.shutdown.cancel();
         };
-        let service = router.into_make_service_with_connect_info::<tls::Peer>();
+        let limits = serve::HttpLimits::new(&shared.config);
+        let metrics = shared.metrics.clone();
         match self.tls {
             Some(config) => {
                 let listener = tls::TlsListener::new(self.listener, config, shared.config.tls_handshake_timeout)?;
-                axum::serve(listener, service).with_graceful_shutdown(stop).await
+                serve::serve(listener, router, limits, metrics, stop).await;
             }
-            None => axum::serve(self.listener, service).with_graceful_shutdown(stop).await,
+            None => serve::serve(self.listener, router, limits, metrics, stop).await,
         }
-        .context("server error")?;
 
         let timeout = shared.config.shutdown_timeout;
         shared.tracker.close();
@@ -243,14 +253,21 @@ struct ConnectQuery {
     token: Option<String>,
 }
 
-/// `GET /ws`: authenticate, admit, upgrade.
+/// `GET /ws`: check the handshake, authenticate, admit, upgrade.
 async fn upgrade(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(tls::Peer(peer)): ConnectInfo<tls::Peer>,
-    Query(query): Query<ConnectQuery>,
+    query: Result<Query<ConnectQuery>, QueryRejection>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // Not a WebSocket handshake (no key, another version, no `Upgrade: websocket`...) or an
+    // unreadable query string: axum's answer (400 or 426, saying what is wrong), counted.
+    let (query, ws) = match (query, ws) {
+        (Ok(Query(query)), Ok(ws)) => (query, ws),
+        (Err(rejection), _) => return bad_handshake(&shared, peer, rejection.into_response()),
+        (_, Err(rejection)) => return bad_handshake(&shared, peer, rejection.into_response()),
+    };
     let (allowed, credential) = match &shared.tokens {
         None => (Allowed::Any, None),
         Some(tokens) => match tokens.borrow().credential(&headers, query.token.as_deref()) {
@@ -277,7 +294,8 @@ async fn upgrade(
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
         .read_buffer_size(WS_BUFFER_BYTES)
-        .write_buffer_size(WS_BUFFER_BYTES);
+        .write_buffer_size(WS_BUFFER_BYTES)
+        .max_write_buffer_size(WS_MAX_WRITE_BUFFER_BYTES);
     let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
         shared.metrics.connections_refused.with_label_values(&[Reason::TooManyConnections.as_str()]).inc();
         let limit = shared.config.max_connections;
@@ -292,6 +310,13 @@ async fn upgrade(
             drop(permit);
         })
     })
+}
+
+/// Answers a request that is not a usable WebSocket handshake, and counts it.
+fn bad_handshake(shared: &Shared, peer: std::net::SocketAddr, answer: Response) -> Response {
+    shared.metrics.connections_refused.with_label_values(&["bad_request"]).inc();
+    tracing::debug!(%peer, status = %answer.status(), "upgrade refused: not a valid WebSocket handshake");
+    answer
 }
 
 /// Over the connection limit: say so in the protocol, then close with 1013 (try again later).

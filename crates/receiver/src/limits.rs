@@ -1,5 +1,5 @@
-//! Per-connection limits: a token-bucket rate limit and the abuse window that decides when a
-//! connection that keeps breaking limits is closed.
+//! Per-connection limits: token-bucket rate limits (positions, pings) and the abuse window that
+//! decides when a connection that keeps breaking limits is closed.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,10 @@ pub(crate) struct ConnectionLimits {
     pub rate_burst: f64,
     /// Limit violations in 10 s that close the connection (1008).
     pub abuse_limit: u32,
+    /// Ping and pong frames per second (0: unlimited); each beyond is a violation.
+    pub ping_rate: f64,
+    /// Longest wait to write an answer to a device that does not read; then the connection closes.
+    pub write_timeout: Duration,
 }
 
 impl ConnectionLimits {
@@ -29,6 +33,8 @@ impl ConnectionLimits {
             rate_limit: config.rate_limit,
             rate_burst: config.rate_burst,
             abuse_limit: config.abuse_limit,
+            ping_rate: config.ping_rate_limit,
+            write_timeout: config.write_timeout,
         }
     }
 

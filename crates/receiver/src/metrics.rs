@@ -33,10 +33,21 @@ impl Metrics {
         for reason in fleetstream_core::Reason::ALL {
             m.positions_refused.with_label_values(&[reason.as_str()]);
         }
-        for reason in ["client_gone", "client_closed", "shutdown", "abuse", "frame_too_big", "read_error", "token_revoked"] {
+        for reason in [
+            "client_gone",
+            "client_closed",
+            "shutdown",
+            "abuse",
+            "frame_too_big",
+            "read_error",
+            "token_revoked",
+            "write_timeout",
+            "invalid_utf8",
+            "protocol_error",
+        ] {
             m.connections_closed.with_label_values(&[reason]);
         }
-        for reason in ["unauthorized", "too_many_connections"] {
+        for reason in ["unauthorized", "too_many_connections", "per_ip_limit", "upgrade_timeout", "headers_too_large", "bad_request"] {
             m.connections_refused.with_label_values(&[reason]);
         }
         for reason in ["missing", "invalid"] {

@@ -1,8 +1,8 @@
 //! Optional TLS for device connections (rustls, ring provider).
 //!
-//! A `Listener` for `axum::serve` that hands out connections only after their TLS handshake.
-//! Handshakes run in tasks of their own, each bounded by a timeout, so a client that opens a
-//! socket and never finishes its handshake cannot hold up anyone else's.
+//! A `Listener` (axum's trait; `serve.rs` serves it) that hands out connections only after their
+//! TLS handshake. Handshakes run in tasks of their own, each bounded by a timeout, so a client
+//! that opens a socket and never finishes its handshake cannot hold up anyone else's.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
+use axum::serve::Listener;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,21 +18,10 @@ use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-/// The address of the device on the other end, for plain and TLS listeners alike.
+/// The address of the device on the other end, for plain and TLS listeners alike (a request
+/// extension, read with `ConnectInfo`).
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
-
-impl Connected<IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
-        Peer(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        Peer(*stream.remote_addr())
-    }
-}
 
 /// Loads a certificate chain and key into a server config (HTTP/1.1 only: WebSocket).
 pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
