@@ -4,6 +4,7 @@
 // only fail a later assertion (clippy.toml allows it in #[test] functions; this covers helpers).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod attacks;
 mod bad_input;
 mod delivery;
 mod helpers;
