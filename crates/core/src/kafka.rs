@@ -159,6 +159,20 @@ fn is_secret(key: &str) -> bool {
 }
 
 impl KafkaArgs {
+    /// Plaintext to `brokers`, no pass-through options (what a test on a local broker needs).
+    pub fn plaintext(brokers: impl Into<String>) -> KafkaArgs {
+        KafkaArgs {
+            brokers: brokers.into(),
+            security_protocol: SecurityProtocol::Plaintext,
+            sasl_mechanism: SaslMechanism::ScramSha512,
+            sasl_username: None,
+            sasl_password: None,
+            sasl_password_file: None,
+            ssl_ca_file: None,
+            options: Vec::new(),
+        }
+    }
+
     /// A client config with the brokers and the security settings (TLS, SASL); the
     /// pass-through options are applied by [`KafkaArgs::apply_overrides`], last.
     pub fn client_config(&self) -> ClientConfig {

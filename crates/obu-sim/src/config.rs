@@ -131,7 +131,7 @@ pub struct Config {
 
     /// Device token sent as `Authorization: Bearer` (must allow every simulated obu_id).
     #[arg(long, env = "SIM_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    pub token: Option<fleetstream_core::secret::Secret>,
 
     /// PEM file of the CA (or self-signed certificate) to trust for a wss:// URL, instead of
     /// the public web roots.

@@ -271,7 +271,7 @@ impl Lane {
     async fn connect(&self) -> anyhow::Result<Ws> {
         let mut request = self.config.url.as_str().into_client_request()?;
         if let Some(token) = &self.config.token {
-            request.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {token}"))?);
+            request.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {}", token.expose()))?);
         }
         let connect = tokio_tungstenite::connect_async_tls_with_config(request, None, false, self.control.connector.clone());
         let (ws, _) = tokio::time::timeout(Duration::from_secs(5), connect).await??;

@@ -106,7 +106,7 @@ pub struct Config {
 
     /// Device tokens inline, in the file's line format, entries separated by `;`.
     #[arg(long, env = "RECEIVER_AUTH_TOKENS", hide_env_values = true)]
-    pub auth_tokens: Option<String>,
+    pub auth_tokens: Option<fleetstream_core::secret::Secret>,
 
     /// How often the token file is checked for changes; a changed file (or SIGHUP) reloads
     /// the tokens without a restart, and connections whose token is gone are closed (4001).

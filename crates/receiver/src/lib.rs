@@ -108,7 +108,7 @@ impl Application {
                 None
             }
             AuthMode::Token => {
-                let tokens = Tokens::load(config.auth_tokens_file.as_deref(), config.auth_tokens.as_deref())?;
+                let tokens = Tokens::load(config.auth_tokens_file.as_deref(), config.auth_tokens.as_ref().map(fleetstream_core::secret::Secret::expose))?;
                 tracing::info!(tokens = tokens.len(), "device tokens loaded");
                 Some(tokio::sync::watch::Sender::new(Arc::new(tokens)))
             }
@@ -229,7 +229,7 @@ async fn reload_tokens(shared: Arc<Shared>) {
             continue;
         }
         seen = now;
-        match Tokens::load(config.auth_tokens_file.as_deref(), config.auth_tokens.as_deref()) {
+        match Tokens::load(config.auth_tokens_file.as_deref(), config.auth_tokens.as_ref().map(fleetstream_core::secret::Secret::expose)) {
             Ok(new) => {
                 tracing::info!(tokens = new.len(), trigger = if asked { "SIGHUP" } else { "file changed" }, "device tokens reloaded");
                 shared.metrics.token_reloads.with_label_values(&["ok"]).inc();
@@ -336,15 +336,25 @@ const DELIVERY_STALL: Duration = Duration::from_secs(5);
 /// Keeps `/readyz` and `fleetstream_receiver_kafka_up` true to whether Kafka answers and
 /// acknowledges.
 async fn probe_kafka(shared: Arc<Shared>) {
+    // A client of its own that remembers why Kafka refused it (credentials, TLS, an ACL), so
+    // `/readyz` says so instead of "transport failure".
+    let probe = match fleetstream_core::kafka::Probe::new(&shared.config.kafka) {
+        Ok(probe) => Arc::new(probe),
+        Err(error) => {
+            shared.metrics.kafka_up.set(0);
+            shared.health.set_not_ready(format!("cannot create a Kafka client: {error:#}"));
+            tracing::error!(error = format!("{error:#}"), "cannot create a Kafka client");
+            return;
+        }
+    };
+    let mut last_error = String::new();
     loop {
-        let s = shared.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            fleetstream_core::kafka::partition_count(s.ingest.producer().client(), &s.config.topic, Duration::from_secs(2))
-        })
-        .await;
+        let (s, p) = (shared.clone(), probe.clone());
+        let result = tokio::task::spawn_blocking(move || p.partitions(&s.config.topic, Duration::from_secs(2))).await;
         match result {
             Ok(Ok(Some(_))) => {
                 shared.metrics.kafka_up.set(1);
+                last_error.clear();
                 match shared.ingest.stalled_for(DELIVERY_STALL) {
                     None => shared.health.set_ready(),
                     Some(silent) => shared.health.set_not_ready(format!(
@@ -360,7 +370,12 @@ async fn probe_kafka(shared: Arc<Shared>) {
             }
             Ok(Err(error)) => {
                 shared.metrics.kafka_up.set(0);
-                shared.health.set_not_ready(format!("Kafka unreachable: {error:#}"));
+                let message = format!("{error:#}");
+                if message != last_error {
+                    tracing::error!(error = %message, "Kafka cannot be used");
+                    last_error.clone_from(&message);
+                }
+                shared.health.set_not_ready(format!("Kafka cannot be used: {message}"));
             }
             Err(_) => {}
         }

@@ -22,6 +22,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use fleetstream_kafka_local::{Cluster, ClusterSpec, Installation, Lifetime};
 
 pub mod postgres;
+pub mod secrets;
 
 pub use fleetstream_kafka_local::KAFKA_VERSION;
 

@@ -63,24 +63,6 @@ impl Role {
     }
 }
 
-/// `--api-tokens`: `;`-separated token entries. Its `Debug` shows no entry.
-#[derive(Clone)]
-pub struct TokenList(String);
-
-impl FromStr for TokenList {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(TokenList(s.to_string()))
-    }
-}
-
-impl std::fmt::Debug for TokenList {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TokenList(<redacted>)")
-    }
-}
-
 /// Why a request was refused: the `reason` label of `fleetstream_tracker_api_auth_refused_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
@@ -133,7 +115,7 @@ impl Guard {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read --api-tokens-file {}", path.display()))?;
             table.extend(TokenTable::parse(&text, LINE, str::parse).with_context(|| format!("--api-tokens-file {}", path.display()))?);
         }
-        if let Some(TokenList(list)) = &config.api_tokens {
+        if let Some(list) = config.api_tokens.as_ref().map(fleetstream_core::secret::Secret::expose) {
             table.extend(TokenTable::parse(&list.replace(';', "\n"), LINE, str::parse).context("--api-tokens (TRACKER_API_TOKENS)")?);
         }
         if table.is_empty() {
@@ -217,7 +199,7 @@ mod tests {
         assert_eq!("viewer".parse::<Role>().ok(), Some(Role::Viewer));
         assert!("root".parse::<Role>().is_err());
         assert!(Role::Viewer < Role::Admin);
-        let list: TokenList = "s3cret admin".parse().unwrap_or_else(|e| match e {});
+        let list: fleetstream_core::secret::Secret = "s3cret admin".parse().unwrap_or_else(|e| match e {});
         assert!(!format!("{list:?}").contains("s3cret"));
     }
 }

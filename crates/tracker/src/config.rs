@@ -8,7 +8,8 @@ use std::time::Duration;
 use fleetstream_core::kafka::{KafkaArgs, ProducerArgs};
 use fleetstream_core::telemetry::LogArgs;
 
-use crate::auth::{ApiAuth, TokenList};
+use crate::auth::ApiAuth;
+use fleetstream_core::secret::Secret;
 
 /// fleetstream tracker: keeps every valid position for a retention period, serves the latest
 /// position and the track of every vehicle over HTTP, and draws them on a live map.
@@ -32,12 +33,12 @@ pub struct Config {
     /// API tokens in the same format as --api-tokens-file, entries separated by `;`
     /// (used together with the file, if both are given).
     #[arg(long, env = "TRACKER_API_TOKENS", hide_env_values = true)]
-    pub api_tokens: Option<TokenList>,
+    pub api_tokens: Option<Secret>,
 
     /// Where positions are kept: `sqlite://FILE` (embedded, created if missing; `sqlite::memory:`
     /// for a throw-away one) or `postgres://USER:PASSWORD@HOST:PORT/DB`.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://fleetstream-tracker.db", hide_env_values = true)]
-    pub database_url: String,
+    pub database_url: Secret,
 
     /// Connections to PostgreSQL (the SQLite backend always uses one writer and one reader).
     #[arg(long, env = "TRACKER_DB_POOL_SIZE", default_value_t = 8)]

@@ -75,16 +75,16 @@ impl Application {
         let metrics = Metrics::new();
         // First: a tracker that would serve its API to anyone by mistake does not start.
         let guard = auth::Guard::from_config(&config, &metrics)?;
-        let store = Store::open(&config.database_url, config.db_pool_size)
+        let store = Store::open(config.database_url.expose(), config.db_pool_size)
             .await
-            .with_context(|| format!("cannot open the database ({})", redact_url(&config.database_url)))?;
+            .with_context(|| format!("cannot open the database ({})", redact_url(config.database_url.expose())))?;
         let consumer = ingest::subscribe(&config)?;
         let fences = Geofences::new(&config, metrics.clone())?;
 
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         tracing::info!(
             addr = %listener.local_addr()?,
-            database = %redact_url(&config.database_url),
+            database = %redact_url(config.database_url.expose()),
             backend = store.backend(),
             brokers = %config.kafka.brokers,
             options = ?config.kafka.redacted_options(),

@@ -68,7 +68,7 @@ pub async fn setup() -> (Broker, Topics) {
 }
 
 pub fn reader(broker: &Broker) -> Reader {
-    let kafka = fleetstream_core::kafka::KafkaArgs { brokers: broker.brokers(), options: Vec::new() };
+    let kafka = fleetstream_core::kafka::KafkaArgs::plaintext(broker.brokers());
     Reader { kafka, timeout: Duration::from_secs(10) }
 }
 

@@ -4,6 +4,8 @@
 // only fail a later assertion (clippy.toml allows it in #[test] functions; this covers helpers).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod secrets;
+
 use std::collections::HashSet;
 use std::time::Duration;
 

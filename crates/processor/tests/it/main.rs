@@ -10,5 +10,6 @@ mod catalogue;
 mod events;
 mod failures;
 mod helpers;
+mod secrets;
 mod transactions;
 mod workload;

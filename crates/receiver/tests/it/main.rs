@@ -8,4 +8,5 @@ mod attacks;
 mod bad_input;
 mod delivery;
 mod helpers;
+mod secrets;
 mod limits;

@@ -12,4 +12,5 @@ mod events;
 mod geofences;
 mod helpers;
 mod map;
+mod secrets;
 mod storage;
