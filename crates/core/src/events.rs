@@ -3,9 +3,14 @@
 //!
 //! An event is identified by what triggered it, so the same event computed again (after a
 //! crash, from the same positions) has the same [`Event::event_id`]: `<obu_id>-<seq>-<type>`,
-//! with `-<fence id>` for geofence events and overspeed inside a fence.
+//! with `-<fence id>` for geofence events and overspeed inside a fence; a device that sends a
+//! boot ([`crate::Position::boot`]) has `<obu_id>-<boot>:<seq>-<type>...`, since its seqs repeat.
 
 use serde::{Deserialize, Serialize};
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
 
 /// One fleet event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -18,6 +23,9 @@ pub struct Event {
     pub ts: i64,
     /// Seq of the triggering position (for `offline`, of the last position heard).
     pub seq: u64,
+    /// Boot of the triggering position (0, and absent, for devices without one).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub boot: u64,
     pub lat: f64,
     pub lon: f64,
     /// When the processor computed it, Unix milliseconds (processor clock).
@@ -156,11 +164,25 @@ pub const TYPES: [&str; 12] = [
 impl Event {
     /// An event of `kind` triggered by the position `(obu_id, seq)` at `ts`, `lat`, `lon`.
     pub fn new(obu_id: u64, seq: u64, ts: i64, lat: f64, lon: f64, detected_at: i64, kind: EventKind) -> Event {
-        let event_id = match kind.fence() {
-            Some(fence) => format!("{obu_id}-{seq}-{}-{fence}", kind.name()),
-            None => format!("{obu_id}-{seq}-{}", kind.name()),
-        };
-        Event { event_id, obu_id, ts, seq, lat, lon, detected_at, kind }
+        let mut event = Event { event_id: String::new(), obu_id, ts, seq, boot: 0, lat, lon, detected_at, kind };
+        event.event_id = event.id();
+        event
+    }
+
+    /// The same event, triggered by a position of `boot`.
+    pub fn in_boot(mut self, boot: u64) -> Event {
+        self.boot = boot;
+        self.event_id = self.id();
+        self
+    }
+
+    fn id(&self) -> String {
+        let (obu_id, name) = (self.obu_id, self.kind.name());
+        let position = if self.boot == 0 { self.seq.to_string() } else { format!("{}:{}", self.boot, self.seq) };
+        match self.kind.fence() {
+            Some(fence) => format!("{obu_id}-{position}-{name}-{fence}"),
+            None => format!("{obu_id}-{position}-{name}"),
+        }
     }
 
     pub fn type_name(&self) -> &'static str {
@@ -265,6 +287,7 @@ mod tests {
         assert_eq!(json["fence_name"], "Depot");
         assert_eq!(serde_json::from_value::<Event>(json).ok(), Some(e));
         let off = Event::new(7, 43, 1, 0.0, 0.0, 2, EventKind::IgnitionOff {});
+        assert_eq!(off.clone().in_boot(3).event_id, "7-3:43-ignition_off", "seqs repeat across boots: the boot is in the id");
         assert_eq!(off.event_id, "7-43-ignition_off");
         let text = String::from_utf8(off.to_json()).unwrap_or_default();
         assert!(text.contains(r#""type":"ignition_off""#), "{text}");

@@ -13,8 +13,13 @@ use crate::attributes::Attributes;
 pub struct Position {
     /// On-board unit id: the vehicle. The Kafka key of every record about it.
     pub obu_id: u64,
-    /// Rises by one per position of this OBU; `(obu_id, seq)` identifies a position.
+    /// Rises by one per position of this OBU; `(obu_id, boot, seq)` identifies a position.
     pub seq: u64,
+    /// Rises each time the device starts its `seq` again (a restart, a firmware update): every
+    /// position of a later boot is newer than every position of an earlier one. 0 (absent on
+    /// the wire) for devices that never restart their seq.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub boot: u64,
     /// Device time of the fix, Unix milliseconds.
     pub ts: i64,
     /// Latitude, degrees (WGS84).
@@ -32,7 +37,66 @@ pub struct Position {
     pub attributes: Option<Attributes>,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Where a position stands in its vehicle's sequence: by boot, then by seq. One number so
+/// that the ranges of seqs a processor tracks span boots (a gap from the last seq heard of one
+/// boot to the first of the next holds the late positions of both).
+pub fn order_key(boot: u64, seq: u64) -> u128 {
+    (u128::from(boot) << 64) | u128::from(seq)
+}
+
+/// An [`order_key`] in `vehicle-latest`: the seq as a plain number while the boot is 0 (what
+/// records written before boots hold), `"BOOT:SEQ"` beyond. JSON numbers above 2^64 would not
+/// survive readers that take every number for a double.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Order(pub u128);
+
+impl Serialize for Order {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match u64::try_from(self.0) {
+            Ok(seq) => s.serialize_u64(seq),
+            Err(_) => s.serialize_str(&format!("{}:{}", (self.0 >> 64) as u64, self.0 as u64)),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Order {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Seq(u64),
+            BootSeq(String),
+        }
+        match Form::deserialize(d)? {
+            Form::Seq(seq) => Ok(Order(u128::from(seq))),
+            Form::BootSeq(text) => {
+                let parsed = text.split_once(':').and_then(|(b, s)| Some(order_key(b.parse().ok()?, s.parse().ok()?)));
+                parsed.map(Order).ok_or_else(|| serde::de::Error::custom(format!("`{text}` is not BOOT:SEQ")))
+            }
+        }
+    }
+}
+
+/// `seq 12` or `boot 3 seq 12`, for messages.
+pub fn describe_order(key: u128) -> String {
+    let (boot, seq) = ((key >> 64) as u64, key as u64);
+    if boot == 0 {
+        format!("seq {seq}")
+    } else {
+        format!("boot {boot} seq {seq}")
+    }
+}
+
 impl Position {
+    /// See [`order_key`].
+    pub fn order(&self) -> u128 {
+        order_key(self.boot, self.seq)
+    }
+
     /// The Kafka record key: the decimal obu_id, so every record of a vehicle shares a partition.
     pub fn key(&self) -> String {
         crate::publish::vehicle_key(self.obu_id)
@@ -50,6 +114,9 @@ impl Position {
 pub struct ProcessedPosition {
     pub obu_id: u64,
     pub seq: u64,
+    /// The device's boot ([`Position::boot`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub boot: u64,
     /// Device time of the fix, Unix milliseconds.
     pub ts: i64,
     pub lat: f64,
@@ -83,20 +150,28 @@ pub struct ProcessedPosition {
     pub attributes: Option<Attributes>,
 }
 
+impl ProcessedPosition {
+    /// See [`order_key`].
+    pub fn order(&self) -> u128 {
+        order_key(self.boot, self.seq)
+    }
+}
+
 /// The value of a `vehicle-latest` record: the latest valid position of a vehicle, and the
 /// duplicate window the processor rebuilds its state from after a restart or rebalance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VehicleLatest {
     #[serde(flatten)]
     pub position: ProcessedPosition,
-    /// Seqs below `position.seq` never processed, as inclusive `[from, to]` ranges in
-    /// ascending order: a seq in one is a late position, any other one at or below the latest
-    /// a duplicate. Lets a restarted processor tell late positions from resends.
+    /// Positions below the latest never processed, as inclusive `[from, to]` ranges of
+    /// [`order_key`]s (the seq itself for devices without a boot) in ascending order: one in a
+    /// range is a late position, any other one at or below the latest a duplicate. Lets a
+    /// restarted processor tell late positions from resends.
     #[serde(default)]
-    pub gaps: Vec<(u64, u64)>,
-    /// Seqs below this are no longer tracked (too old to tell).
+    pub gaps: Vec<(Order, Order)>,
+    /// Order keys below this are no longer tracked (too old to tell).
     #[serde(default)]
-    pub horizon: u64,
+    pub horizon: Order,
     /// The earlier form of the window (bit i set: seq `position.seq - 1 - i` was processed),
     /// read from records written before `gaps`; never written.
     #[serde(default, skip_serializing)]
@@ -141,8 +216,23 @@ mod tests {
     }
 
     #[test]
+    fn order_keys_put_every_later_boot_after_every_earlier_seq_and_survive_json() {
+        assert!(order_key(1, 0) > order_key(0, u64::MAX));
+        assert!(order_key(2, 5) > order_key(2, 4));
+        assert_eq!(order_key(0, 42), 42, "no boot: the key is the seq");
+        for key in [Order(7), Order(order_key(3, 12)), Order(order_key(u64::MAX, u64::MAX))] {
+            let json = serde_json::to_string(&key).unwrap_or_default();
+            assert_eq!(serde_json::from_str::<Order>(&json).ok(), Some(key), "{json}");
+        }
+        assert_eq!(serde_json::to_string(&Order(order_key(3, 12))).unwrap_or_default(), r#""3:12""#);
+        assert!(serde_json::from_str::<Order>(r#""3""#).is_err());
+        assert_eq!(describe_order(order_key(3, 12)), "boot 3 seq 12");
+        assert_eq!(describe_order(12), "seq 12");
+    }
+
+    #[test]
     fn optional_fields_are_omitted() {
-        let p = Position { obu_id: 1, seq: 2, ts: 3, lat: 4.5, lon: 5.5, speed: None, heading: None, attributes: None };
+        let p = Position { obu_id: 1, seq: 2, boot: 0, ts: 3, lat: 4.5, lon: 5.5, speed: None, heading: None, attributes: None };
         assert_eq!(
             String::from_utf8(p.to_json()).unwrap_or_default(),
             r#"{"obu_id":1,"seq":2,"ts":3,"lat":4.5,"lon":5.5}"#

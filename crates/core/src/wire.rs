@@ -16,6 +16,8 @@ use crate::reason::{Reason, Rejection};
 pub struct WirePosition {
     pub obu_id: u64,
     pub seq: Option<u64>,
+    /// Rises each time the device starts counting `seq` again (0 when it sends none).
+    pub boot: u64,
     pub ts: Option<i64>,
     pub lat: f64,
     pub lon: f64,
@@ -32,6 +34,7 @@ impl WirePosition {
         Position {
             obu_id: self.obu_id,
             seq: self.seq.unwrap_or_else(fill_seq),
+            boot: self.boot,
             ts: self.ts.unwrap_or_else(fill_ts),
             lat: self.lat,
             lon: self.lon,
@@ -89,6 +92,8 @@ pub fn parse_frame(text: &str, max_positions: usize) -> Result<Vec<Element<'_>>,
 struct Fast {
     obu_id: u64,
     seq: u64,
+    #[serde(default)]
+    boot: Option<u64>,
     ts: i64,
     lat: f64,
     lon: f64,
@@ -112,6 +117,7 @@ pub fn parse_element(raw: &str) -> Element<'_> {
         let parsed = WirePosition {
             obu_id: f.obu_id,
             seq: Some(f.seq),
+            boot: f.boot.unwrap_or(0),
             ts: Some(f.ts),
             lat: f.lat,
             lon: f.lon,
@@ -161,8 +167,9 @@ pub fn parse_element(raw: &str) -> Element<'_> {
         let lon = required(&map, "lon").and_then(|v| as_f64("lon", v))?;
         let speed = optional(&map, "speed").map(|v| as_f64("speed", v)).transpose()?;
         let heading = optional(&map, "heading").map(|v| as_f64("heading", v)).transpose()?;
+        let boot = optional(&map, "boot").map(|v| as_u64("boot", v)).transpose()?.unwrap_or(0);
         let attributes = optional(&map, "attributes").map(Attributes::parse).transpose()?.flatten();
-        Ok(WirePosition { obu_id, seq, ts, lat, lon, speed, heading, attributes, legacy })
+        Ok(WirePosition { obu_id, seq, boot, ts, lat, lon, speed, heading, attributes, legacy })
     })();
     Element { raw, parsed, obu_id: obu_id.ok(), seq: seq.ok().flatten() }
 }
@@ -288,6 +295,7 @@ mod tests {
         assert_eq!(
             p,
             Ok(WirePosition {
+                boot: 0,
                 obu_id: 7,
                 seq: Some(3),
                 ts: Some(1_700_000_000_000),
@@ -315,6 +323,23 @@ mod tests {
         let text = serde_json::to_string(&LegacyPosition { obuid: 12, lat: 40.4, lon: -3.7 }).unwrap_or_default();
         let p = one(&text).unwrap_or_else(|r| panic!("{r}"));
         assert!(p.legacy && p.obu_id == 12 && p.lat == 40.4 && p.lon == -3.7, "{text}");
+    }
+
+    #[test]
+    fn a_boot_is_read_on_both_paths_and_a_wrong_one_refused() {
+        let fast = one(r#"{"obu_id":7,"boot":1763900000,"seq":1,"ts":1,"lat":1,"lon":1}"#).map(|w| w.boot);
+        assert_eq!(fast, Ok(1_763_900_000));
+        // The slow path (an unknown attribute type sends it there) reads it too.
+        let slow = one(r#"{"obu_id":7,"boot":3,"seq":1,"ts":1,"lat":1,"lon":1,"attributes":{"x":[1]}}"#).map(|w| w.boot);
+        assert_eq!(slow, Ok(3));
+        assert_eq!(one(r#"{"obu_id":7,"seq":1,"ts":1,"lat":1,"lon":1}"#).map(|w| w.boot), Ok(0), "absent: 0");
+        let wrong = one(r#"{"obu_id":7,"boot":"two","seq":1,"ts":1,"lat":1,"lon":1}"#).map(|w| w.boot);
+        assert_eq!(wrong.map_err(|r| r.reason), Err(Reason::WrongType));
+        let negative = one(r#"{"obu_id":7,"boot":-1,"seq":1,"ts":1,"lat":1,"lon":1}"#).map(|w| w.boot);
+        assert!(negative.is_err());
+        let p = one(r#"{"obu_id":7,"boot":3,"seq":1,"ts":1,"lat":1,"lon":1}"#).map(|w| w.into_position(|| 0, || 0));
+        let json = p.map(|p| String::from_utf8(p.to_json()).unwrap_or_default());
+        assert_eq!(json.as_deref(), Ok(r#"{"obu_id":7,"seq":1,"boot":3,"ts":1,"lat":1.0,"lon":1.0}"#));
     }
 
     #[test]
@@ -378,6 +403,21 @@ mod tests {
         let three = r#"[{"obu_id":1},{"obu_id":2},{"obu_id":3}]"#;
         assert_eq!(whole(three, 2), Some(Reason::TooManyPositions));
         assert_eq!(reason(r#"{"obu_id":1,"seq":1,"ts":1,"lat":1,"lon":1,"speed":"fast"}"#), Reason::WrongType);
+    }
+
+    /// Found by fuzz/ (target `frame`): a position written as JSON (by the receiver to
+    /// gpscoords, by a device that computed its doubles) must read back as the same position,
+    /// every double included.
+    #[test]
+    fn positions_read_back_as_written() {
+        let found = r#"{"obu_id": 17, "seq": 1844711, "ts": 176380000,"seq":1844674430000, "lat": 52.520008, "lon": 13.404954, "speed": 118446744073709551615}"#;
+        let from_device = one(found).map(|w| w.into_position(|| 0, || 0)).unwrap_or_else(|r| panic!("{r}"));
+        let computed = Position { lat: 21.877423353265442, lon: -116.83361554809613, speed: Some(97.68117019787599), ..from_device.clone() };
+        for sent in [from_device, computed] {
+            let json = String::from_utf8(sent.to_json()).unwrap_or_default();
+            let read = parse_element(&json).parsed.map(|w| w.into_position(|| 0, || 0));
+            assert_eq!(read, Ok(sent), "{json}");
+        }
     }
 
     #[test]

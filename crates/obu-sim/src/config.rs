@@ -129,6 +129,12 @@ pub struct Config {
     #[arg(long, env = "SIM_CONNECTIONS", default_value_t = 0)]
     pub connections: usize,
 
+    /// The boot number every position carries: a device that restarts counts `seq` from 1 again
+    /// under a higher boot, so nothing it sends after a restart is taken for a duplicate.
+    /// Default: the start time in Unix milliseconds (higher at every start); 0 sends none.
+    #[arg(long, env = "SIM_BOOT")]
+    pub boot: Option<u64>,
+
     /// Device token sent as `Authorization: Bearer` (must allow every simulated obu_id).
     #[arg(long, env = "SIM_TOKEN", hide_env_values = true)]
     pub token: Option<fleetstream_core::secret::Secret>,
@@ -242,6 +248,13 @@ pub struct Config {
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+impl Config {
+    /// The boot the positions carry (see `--boot`); [`crate::run`] fixes it at start.
+    pub fn boot_number(&self) -> u64 {
+        self.boot.unwrap_or(0)
+    }
 }
 
 #[cfg(test)]

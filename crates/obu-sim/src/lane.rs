@@ -397,6 +397,7 @@ impl Lane {
         let position = Position {
             obu_id: obu,
             seq: v.next_seq,
+            boot: self.config.boot_number(),
             ts,
             lat: rounded(lat, 7),
             lon: rounded(lon, 7),

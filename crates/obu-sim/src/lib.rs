@@ -30,8 +30,11 @@ use lane::{Control, Lane};
 
 /// Runs the simulation until `--duration`, `--count` or `stop` resolves; then waits up to
 /// `--drain-timeout` for outstanding acks and returns the summary.
-pub async fn run(config: Config, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<Summary> {
+pub async fn run(mut config: Config, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<Summary> {
     anyhow::ensure!(config.vehicles > 0, "--vehicles must be at least 1");
+    // One boot for the whole run, higher than the last run's: restarted, the simulated devices
+    // count their seqs from 1 again without being taken for duplicates.
+    config.boot.get_or_insert_with(|| fleetstream_core::now_ms().max(1) as u64);
     let stats = Arc::new(Stats::new());
     let control = Control {
         stop_generating: CancellationToken::new(),

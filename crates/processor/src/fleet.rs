@@ -87,7 +87,7 @@ struct Emitter<'a> {
 
 impl Emitter<'_> {
     fn emit(&mut self, kind: EventKind) {
-        self.events.push(Event::new(self.p.obu_id, self.p.seq, self.p.ts, self.p.lat, self.p.lon, self.now, kind));
+        self.events.push(Event::new(self.p.obu_id, self.p.seq, self.p.ts, self.p.lat, self.p.lon, self.now, kind).in_boot(self.p.boot));
     }
 }
 
@@ -384,6 +384,7 @@ mod tests {
                 self.positions.push(ProcessedPosition {
                     obu_id: 7,
                     seq: self.seq,
+                    boot: 0,
                     ts: self.ts,
                     lat: 52.0,
                     lon: self.lon,
@@ -516,6 +517,7 @@ mod tests {
             let p = ProcessedPosition {
                 obu_id: 7,
                 seq: i + 1,
+                boot: 0,
                 ts: T0 + i as i64 * 2_000,
                 lat: 52.0,
                 lon: 13.0 + noise,

@@ -105,7 +105,7 @@ pub(crate) fn advance(judge: Judge<'_>, vehicles: &mut std::collections::HashMap
         Some(v) => {
             // A late position makes no event; nor does one the state already holds (a restore
             // replaying a tail that vehicle-latest had caught up with).
-            let events = if p.out_of_order || p.seq <= v.latest.seq { Vec::new() } else { judge.events(v, true, p, now) };
+            let events = if p.out_of_order || p.order() <= v.latest.order() { Vec::new() } else { judge.events(v, true, p, now) };
             v.apply(p.clone());
             events
         }

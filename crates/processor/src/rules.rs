@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use fleetstream_core::position::{bearing_deg, distance_m};
+use fleetstream_core::position::{bearing_deg, describe_order, distance_m};
 use fleetstream_core::reason::{Reason, Rejection};
 use fleetstream_core::{Position, ProcessedPosition};
 
@@ -95,18 +95,18 @@ impl Rules {
         if let Err(r) = self.check_alone(p, now_ms) {
             return Verdict::Invalid(r);
         }
-        let previous = match state.map(|s| (s, s.verdict(p.seq))) {
+        let previous = match state.map(|s| (s, s.verdict(p.boot, p.seq))) {
             None => None,
             Some((_, SeqVerdict::Duplicate)) => return Verdict::Duplicate,
             Some((s, SeqVerdict::TooOld)) => {
                 return Verdict::Invalid(Rejection::new(
                     Reason::SeqTooOld,
                     format!(
-                        "seq {} is below {}, the oldest seq still tracked for this vehicle (latest {}, more than {} gaps since); \
+                        "{} is below {}, the oldest still tracked for this vehicle (latest {}, more than {} gaps since); \
                          it cannot be told from a duplicate",
-                        p.seq,
-                        s.horizon(),
-                        s.latest.seq,
+                        describe_order(p.order()),
+                        describe_order(s.horizon()),
+                        describe_order(s.latest.order()),
                         crate::state::MAX_GAPS
                     ),
                 ))
@@ -155,6 +155,7 @@ impl Rules {
         ProcessedPosition {
             obu_id: p.obu_id,
             seq: p.seq,
+            boot: p.boot,
             ts: p.ts,
             lat: p.lat,
             lon: p.lon,
@@ -188,7 +189,7 @@ mod tests {
     }
 
     fn pos(seq: u64, ts: i64, lat: f64, lon: f64) -> Position {
-        Position { obu_id: 1, seq, ts, lat, lon, speed: None, heading: None, attributes: None }
+        Position { obu_id: 1, seq, boot: 0, ts, lat, lon, speed: None, heading: None, attributes: None }
     }
 
     fn reason(v: Verdict) -> Option<Reason> {

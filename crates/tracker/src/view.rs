@@ -59,6 +59,7 @@ mod tests {
         let p = ProcessedPosition {
             obu_id: 1,
             seq: 2,
+            boot: 0,
             ts: NOW - 5_000,
             lat: 52.5,
             lon: 13.4,

@@ -10,6 +10,7 @@ mod catalogue;
 mod events;
 mod failures;
 mod helpers;
+mod restarts;
 mod secrets;
 mod transactions;
 mod workload;

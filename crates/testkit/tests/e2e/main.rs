@@ -125,3 +125,46 @@ async fn simulated_fleet_flows_end_to_end_exactly_once() {
     assert!(processor.shutdown().await.is_ok());
     assert!(receiver.shutdown().await.is_ok());
 }
+
+/// A simulator restarted mid-run with the same vehicle ids counts its seqs from 1 again under a
+/// new boot: every position of both runs is in `positions` once, none dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_simulator_loses_nothing_and_dead_letters_nothing() {
+    let broker = Broker::shared();
+    let topics = broker.topics(2).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let (mut receiver, port, _) = receiver(&broker, &topics, &["--kafka-linger-ms=1"]).await;
+    let (mut processor, _) = processor(&broker, &topics, &fleetstream_testkit::unique("sim-restart"), &["--kafka-linger-ms=1"]).await;
+    let sim = |count: Option<u64>| -> fleetstream_obu_sim::Config {
+        let mut args = vec![
+            "obu-sim".to_string(),
+            format!("--url=ws://127.0.0.1:{port}/ws"),
+            "--vehicles=3".into(),
+            "--first-obu-id=9100".into(),
+            "--interval=20ms".into(),
+            "--quiet".into(),
+            "--drain-timeout=20s".into(),
+        ];
+        args.extend(count.map(|c| format!("--count={c}")));
+        parse(args)
+    };
+    // The first run is stopped part way (a restart), the second starts from seq 1 again.
+    let stop = tokio::time::sleep(Duration::from_millis(1500));
+    let first = fleetstream_obu_sim::run(sim(None), stop).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let second = fleetstream_obu_sim::run(sim(Some(60)), std::future::pending()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!((first.unacked, second.unacked, second.acked), (0, 0, 60), "{first:#?} {second:#?}");
+    assert!(first.acked > 30, "the first run got going: {first:#?}");
+    let total = (first.acked + second.acked) as usize;
+
+    let positions = broker.read(&topics.positions, total, Duration::from_secs(2), Duration::from_secs(60)).expect("readable");
+    let ids: HashSet<(u64, u64, u64)> =
+        positions.iter().map(|r| (r.json()["obu_id"].as_u64().unwrap_or(0), r.json()["boot"].as_u64().unwrap_or(0), r.json()["seq"].as_u64().unwrap_or(0))).collect();
+    assert_eq!(positions.len(), total, "every acked position of both runs once");
+    assert_eq!(ids.len(), total);
+    let boots: HashSet<u64> = ids.iter().map(|(_, b, _)| *b).collect();
+    assert_eq!(boots.len(), 2, "two boots: {boots:?}");
+    assert!(ids.contains(&(9100, *boots.iter().max().unwrap_or(&0), 1)), "the second run started from seq 1 again");
+    let dead = broker.read(&topics.dlq, 0, Duration::from_secs(2), Duration::from_secs(10)).expect("readable");
+    assert!(dead.is_empty(), "nothing dead-lettered: {:?}", dead.first().map(|r| r.text()));
+    assert!(processor.shutdown().await.is_ok());
+    assert!(receiver.shutdown().await.is_ok());
+}

@@ -218,6 +218,7 @@ mod tests {
         ProcessedPosition {
             obu_id,
             seq,
+            boot: 0,
             ts: seq as i64 * 1000,
             lat: 52.5,
             lon: 13.4,

@@ -583,6 +583,8 @@ fn row_to_position(r: &Row, with_out_of_order: bool) -> Result<ProcessedPosition
     Ok(ProcessedPosition {
         obu_id: from_db(r.try_get(0)?),
         seq: from_db(r.try_get(1)?),
+        // The tracker keeps no boot yet (history is keyed by obu_id and seq).
+        boot: 0,
         ts: r.try_get(2)?,
         lat: r.try_get(3)?,
         lon: r.try_get(4)?,

@@ -470,6 +470,8 @@ fn row_to_position(r: &Row<'_>, with_out_of_order: bool) -> rusqlite::Result<Pro
     Ok(ProcessedPosition {
         obu_id: from_db(r.get(0)?),
         seq: from_db(r.get(1)?),
+        // The tracker keeps no boot yet (history is keyed by obu_id and seq).
+        boot: 0,
         ts: r.get(2)?,
         lat: r.get(3)?,
         lon: r.get(4)?,

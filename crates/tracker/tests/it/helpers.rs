@@ -198,6 +198,7 @@ pub fn position(obu_id: u64, seq: u64, ts: i64, lat: f64, lon: f64) -> Processed
     ProcessedPosition {
         obu_id,
         seq,
+        boot: 0,
         ts,
         lat,
         lon,
@@ -224,7 +225,7 @@ pub async fn produce_positions(producer: &FutureProducer, topic: &str, positions
 
 pub async fn produce_latest(producer: &FutureProducer, topic: &str, positions: &[ProcessedPosition]) {
     for p in positions {
-        let latest = VehicleLatest { position: p.clone(), gaps: Vec::new(), horizon: 0, seen_below: None, fleet: Default::default() };
+        let latest = VehicleLatest { position: p.clone(), gaps: Vec::new(), horizon: Default::default(), seen_below: None, fleet: Default::default() };
         let payload = serde_json::to_vec(&latest).unwrap_or_else(|e| panic!("{e}"));
         fleetstream_testkit::produce_with(producer, topic, Some(&p.obu_id.to_string()), &payload, &[])
             .await
