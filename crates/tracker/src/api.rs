@@ -351,12 +351,15 @@ pub(crate) async fn track(State(app): State<AppState>, path: Result<Path<String>
     let id = parse_id(&path_id(path)?)?;
     let (from, to) = parse_range(&params, now_ms())?;
     let max_range = ms(app.config.max_track_range);
-    if to - from > max_range {
+    // `from` and `to` may each be near an end of i64 (`from=-100000000000h&to=<i64::MAX>`):
+    // their distance is counted without overflowing.
+    let span = to.saturating_sub(from);
+    if span > max_range {
         return Err(ApiError::bad(
             "range_too_large",
             format!(
                 "the range spans {}; at most {} can be asked at once",
-                humantime::format_duration(Duration::from_millis(u64::try_from(to - from).unwrap_or(u64::MAX))),
+                humantime::format_duration(Duration::from_millis(u64::try_from(span).unwrap_or(u64::MAX))),
                 humantime::format_duration(app.config.max_track_range)
             ),
         ));

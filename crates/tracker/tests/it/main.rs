@@ -5,6 +5,7 @@
 // only fail a later assertion (clippy.toml allows it in #[test] functions; this covers helpers).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod abuse;
 mod api;
 mod auth;
 mod cdp;
