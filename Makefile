@@ -22,8 +22,8 @@ demo:
 	scripts/demo
 
 test:
-	scripts/kafka-local install
 	scripts/test-deps
+	scripts/kafka-local install
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	rm -f target/tmp/drills.txt
 	$(CARGO) test --workspace --locked
