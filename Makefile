@@ -9,6 +9,7 @@ export RECEIVER_AUTH ?= none
 
 help:
 	@echo "make demo       broker + receiver + processor + simulated fleet, with live counts"
+	@echo "make demo-readme  make demo with its defaults, then its counts into the README's example output"
 	@echo "make test       every test (installs the local broker on first use)"
 	@echo "make bench      the benchmark suite; rewrites docs/benchmarks.md and its plots"
 	@echo "make broker     Apache Kafka (one node, scripts/kafka-local run) in the foreground (127.0.0.1:9092)"
@@ -21,6 +22,12 @@ help:
 demo:
 	scripts/demo
 
+# The README's example output of make demo, from a real run with the defaults (make test checks
+# that it adds up: scripts/ops/demo_readme.py).
+demo-readme:
+	env -u DEMO_VEHICLES -u DEMO_DURATION -u DEMO_KEEP scripts/demo
+	PYTHONPATH=scripts python3 -m ops.demo_readme --write
+
 test:
 	scripts/test-deps
 	scripts/kafka-local install
@@ -29,6 +36,7 @@ test:
 	$(CARGO) test --workspace --locked
 	@echo "failover drills:"; cat target/tmp/drills.txt
 	scripts/check-ops
+	PYTHONPATH=scripts python3 -m ops.demo_readme --check
 	scripts/config-docs --check
 
 bench:

@@ -7,6 +7,7 @@
 - check_ops: the helper of scripts/check-ops (static agreement checks, the live run's queries)
 - render: draws the overview dashboard from a check-ops run (matplotlib, optional)
 - demo_summary: the counts scripts/demo prints at the end
+- demo_readme: checks the README's example of those counts (make test), or writes a real run's
 - bench: make bench (scripts/bench runs it)
 
 Run with scripts/ on PYTHONPATH (`PYTHONPATH=scripts python3 -m ops.check_ops ...`).
