@@ -28,6 +28,18 @@ pub struct SecretsCheck {
     pub exits: bool,
 }
 
+/// The environment of a service that talks SASL to `brokers` as `user` with `password`: a
+/// plaintext broker refuses it, so the service logs and returns the refusal while holding the
+/// secret.
+pub fn sasl_env(brokers: &str, user: &str, password: &str) -> Vec<(String, String)> {
+    vec![
+        ("KAFKA_BROKERS".into(), brokers.into()),
+        ("KAFKA_SECURITY_PROTOCOL".into(), "sasl_plaintext".into()),
+        ("KAFKA_SASL_USERNAME".into(), user.into()),
+        ("KAFKA_SASL_PASSWORD".into(), password.into()),
+    ]
+}
+
 /// What was seen: empty when no secret leaked. Each entry names where the secret appeared.
 pub fn leaks(binary: &Path, check: &SecretsCheck) -> anyhow::Result<Vec<String>> {
     let mut found = Vec::new();

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use fleetstream_testkit::secrets::{leaks, SecretsCheck};
+use fleetstream_testkit::secrets::{leaks, sasl_env, SecretsCheck};
 use fleetstream_testkit::{unique, Broker};
 
 #[test]
@@ -12,12 +12,7 @@ fn the_kafka_password_never_shows() {
     let password = unique("kafka-password");
     let check = SecretsCheck {
         args: vec!["count".into(), "--timeout=5s".into()],
-        env: vec![
-            ("KAFKA_BROKERS".into(), broker.brokers()),
-            ("KAFKA_SECURITY_PROTOCOL".into(), "sasl_plaintext".into()),
-            ("KAFKA_SASL_USERNAME".into(), "dlq".into()),
-            ("KAFKA_SASL_PASSWORD".into(), password.clone()),
-        ],
+        env: sasl_env(&broker.brokers(), "dlq", &password),
         secrets: vec![password],
         run_for: Duration::from_secs(30),
         exits: true,

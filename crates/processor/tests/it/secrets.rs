@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use fleetstream_testkit::secrets::{leaks, SecretsCheck};
+use fleetstream_testkit::secrets::{leaks, sasl_env, SecretsCheck};
 use fleetstream_testkit::{unique, Broker};
 
 #[test]
@@ -13,13 +13,7 @@ fn the_kafka_password_never_shows() {
     let password = unique("kafka-password");
     let check = SecretsCheck {
         args: vec!["--listen=127.0.0.1:0".into(), format!("--group-id={}", unique("secrets"))],
-        env: vec![
-            ("KAFKA_BROKERS".into(), broker.brokers()),
-            // SASL against a plaintext listener: refused, and the refusal is logged and returned.
-            ("KAFKA_SECURITY_PROTOCOL".into(), "sasl_plaintext".into()),
-            ("KAFKA_SASL_USERNAME".into(), "processor".into()),
-            ("KAFKA_SASL_PASSWORD".into(), password.clone()),
-        ],
+        env: sasl_env(&broker.brokers(), "processor", &password),
         secrets: vec![password],
         run_for: Duration::from_secs(40),
         exits: true,

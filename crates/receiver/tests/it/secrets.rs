@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use fleetstream_testkit::secrets::{leaks, SecretsCheck};
+use fleetstream_testkit::secrets::{leaks, sasl_env, SecretsCheck};
 use fleetstream_testkit::{free_port, unique, Broker};
 
 #[test]
@@ -14,14 +14,11 @@ fn device_tokens_and_the_kafka_password_never_show() {
     let (token, password, port) = (unique("device-token"), unique("kafka-password"), free_port());
     let check = SecretsCheck {
         args: vec![format!("--listen=127.0.0.1:{port}")],
-        env: vec![
-            ("KAFKA_BROKERS".into(), broker.brokers()),
-            ("KAFKA_SECURITY_PROTOCOL".into(), "sasl_plaintext".into()),
-            ("KAFKA_SASL_USERNAME".into(), "receiver".into()),
-            ("KAFKA_SASL_PASSWORD".into(), password.clone()),
+        env: [sasl_env(&broker.brokers(), "receiver", &password), vec![
             ("RECEIVER_AUTH".into(), "token".into()),
             ("RECEIVER_AUTH_TOKENS".into(), format!("{token} *")),
-        ],
+        ]]
+        .concat(),
         secrets: vec![token.clone(), password],
         pages: vec![
             (port, "/metrics".into(), None),

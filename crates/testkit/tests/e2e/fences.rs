@@ -5,10 +5,9 @@
 
 use std::time::Duration;
 
-use fleetstream_testkit::{eventually, metric_value, Broker, Running};
+use fleetstream_testkit::{eventually, metric_value, Broker};
 use serde_json::{json, Value};
 
-use crate::parse;
 
 /// A raw position of vehicle 77 on 52.5° N, `secs` seconds after `t0` (device time).
 fn position(seq: u64, t0: i64, lon: f64) -> String {
@@ -35,26 +34,9 @@ async fn a_fence_created_through_the_api_reaches_the_running_processor_and_its_e
     let group = fleetstream_testkit::unique("fences");
     let (mut processor, processor_registry) = crate::processor(&broker, &topics, &group, &["--kafka-linger-ms=1", "--geofence-min-dwell=4s"]).await;
 
-    let db = std::env::temp_dir().join(fleetstream_testkit::unique("fleetstream-fences-db"));
-    std::fs::create_dir_all(&db).expect("a temp dir");
     // An admin token: the API wants one, and fence writes need the admin role.
     let admin = fleetstream_testkit::unique("fences-admin");
-    let tracker: fleetstream_tracker::Config = parse(vec![
-        "tracker".into(),
-        "--listen=127.0.0.1:0".into(),
-        format!("--kafka-brokers={}", broker.brokers()),
-        format!("--database-url=sqlite://{}/tracker.db", db.display()),
-        format!("--group-id={}", fleetstream_testkit::unique("fences-tracker")),
-        format!("--positions-topic={}", topics.positions),
-        format!("--latest-topic={}", topics.latest),
-        format!("--events-topic={}", topics.events),
-        format!("--geofences-topic={}", topics.geofences),
-        "--flush-interval=200ms".into(),
-        format!("--api-tokens={admin} admin"),
-    ]);
-    let tracker = fleetstream_tracker::Application::build(tracker).await.expect("the tracker starts");
-    let port = tracker.port();
-    let mut tracker = Running::spawn(tracker.metrics().registry, |stop| tracker.run_until_stopped(stop));
+    let (mut tracker, port) = crate::tracker(&broker, &topics, &fleetstream_testkit::unique("fences-tracker"), &admin, "admin", &[]).await;
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {admin}").parse().expect("a header value"));
     let client = reqwest::Client::builder().default_headers(headers).build().expect("an HTTP client");
@@ -123,5 +105,4 @@ async fn a_fence_created_through_the_api_reaches_the_running_processor_and_its_e
 
     assert!(processor.shutdown().await.is_ok());
     assert!(tracker.shutdown().await.is_ok());
-    let _ = std::fs::remove_dir_all(&db);
 }

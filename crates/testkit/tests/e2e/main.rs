@@ -37,8 +37,8 @@ pub async fn receiver(broker: &Broker, topics: &Topics, extra: &[&str]) -> (Runn
     (Running::spawn(registry.clone(), |stop| app.run_until_stopped(stop)), port, registry)
 }
 
-/// A processor in group `group` over `topics`: the service and its metrics.
-pub async fn processor(broker: &Broker, topics: &Topics, group: &str, extra: &[&str]) -> (Running, prometheus::Registry) {
+/// The command line of a processor in group `group` over `topics`.
+pub fn processor_args(broker: &Broker, topics: &Topics, group: &str) -> Vec<String> {
     let mut args = vec![
         "processor".to_string(),
         "--listen=127.0.0.1:0".into(),
@@ -46,10 +46,41 @@ pub async fn processor(broker: &Broker, topics: &Topics, group: &str, extra: &[&
         format!("--group-id={group}"),
     ];
     args.extend(topics.processor_flags());
+    args
+}
+
+/// A processor in group `group` over `topics`: the service and its metrics.
+pub async fn processor(broker: &Broker, topics: &Topics, group: &str, extra: &[&str]) -> (Running, prometheus::Registry) {
+    let mut args = processor_args(broker, topics, group);
     args.extend(extra.iter().map(|a| a.to_string()));
     let app = fleetstream_processor::Application::build(parse(args)).await.expect("the processor starts");
     let registry = app.metrics().registry;
     (Running::spawn(registry.clone(), |stop| app.run_until_stopped(stop)), registry)
+}
+
+/// A tracker in group `group` over `topics`, with a fresh SQLite file and the API token
+/// `token` of `role`: the service and its port.
+pub async fn tracker(broker: &Broker, topics: &Topics, group: &str, token: &str, role: &str, extra: &[String]) -> (Running, u16) {
+    let db = std::env::temp_dir().join(fleetstream_testkit::unique("fleetstream-e2e-db"));
+    std::fs::create_dir_all(&db).expect("a temp dir");
+    let mut args = vec![
+        "tracker".to_string(),
+        "--listen=127.0.0.1:0".into(),
+        format!("--kafka-brokers={}", broker.brokers()),
+        format!("--database-url=sqlite://{}/tracker.db", db.display()),
+        format!("--group-id={group}"),
+        format!("--positions-topic={}", topics.positions),
+        format!("--latest-topic={}", topics.latest),
+        format!("--events-topic={}", topics.events),
+        format!("--geofences-topic={}", topics.geofences),
+        "--flush-interval=200ms".into(),
+        format!("--api-tokens={token} {role}"),
+    ];
+    args.extend(extra.iter().cloned());
+    let config: fleetstream_tracker::Config = parse(args);
+    let app = fleetstream_tracker::Application::build(config).await.expect("the tracker starts");
+    let port = app.port();
+    (Running::spawn(app.metrics().registry, |stop| app.run_until_stopped(stop)), port)
 }
 
 fn obu_seq(r: &Record) -> (u64, u64) {

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use fleetstream_testkit::{eventually, unique, Dedicated, Running};
+use fleetstream_testkit::{eventually, unique, Dedicated};
 
 use crate::parse;
 
@@ -30,32 +30,15 @@ async fn a_locked_down_cluster_runs_the_pipeline_with_one_principal_per_service_
     processor_extra.push("--kafka-linger-ms=1");
     let (mut processor, _) = crate::processor(&kafka, &topics, &processor_group, &processor_extra).await;
 
-    let db = std::env::temp_dir().join(unique("fleetstream-secure-db"));
-    std::fs::create_dir_all(&db).expect("a temp dir");
     let viewer = unique("secure-viewer");
-    let mut tracker_args = vec![
-        "tracker".to_string(),
-        "--listen=127.0.0.1:0".into(),
-        format!("--kafka-brokers={}", kafka.brokers()),
-        format!("--database-url=sqlite://{}/tracker.db", db.display()),
-        format!("--group-id={tracker_group}"),
-        format!("--positions-topic={}", topics.positions),
-        format!("--latest-topic={}", topics.latest),
-        format!("--events-topic={}", topics.events),
-        format!("--geofences-topic={}", topics.geofences),
-        "--flush-interval=200ms".into(),
-        format!("--api-tokens={viewer} viewer"),
-    ];
-    tracker_args.extend(kafka.service_flags("tracker", "PLAIN").expect("flags"));
-    let tracker_config: fleetstream_tracker::Config = parse(tracker_args);
-    let password_file = tracker_config.kafka.redacted_options();
-    assert!(password_file.iter().any(|o| o == "sasl.password=***"), "{password_file:?}");
-    let password = kafka.service_flags("tracker", "PLAIN").expect("flags").iter().find_map(|f| f.strip_prefix("--kafka-sasl-password-file=").map(std::fs::read_to_string));
+    let tracker_flags = kafka.service_flags("tracker", "PLAIN").expect("flags");
+    let (mut tracker, tracker_port) = crate::tracker(&kafka, &topics, &tracker_group, &viewer, "viewer", &tracker_flags).await;
+    let password = tracker_flags.iter().find_map(|f| f.strip_prefix("--kafka-sasl-password-file=").map(std::fs::read_to_string));
     let password = password.expect("a password file").expect("readable");
+    let tracker_config: fleetstream_tracker::Config =
+        parse([vec!["tracker".to_string(), format!("--api-tokens={viewer} viewer")], tracker_flags.clone()].concat());
+    assert!(tracker_config.kafka.redacted_options().iter().any(|o| o == "sasl.password=***"));
     assert!(password.len() >= 32 && !format!("{tracker_config:?}").contains(&password), "the tracker's config never shows its password");
-    let tracker = fleetstream_tracker::Application::build(tracker_config).await.expect("the tracker starts");
-    let tracker_port = tracker.port();
-    let mut tracker = Running::spawn(tracker.metrics().registry, |stop| tracker.run_until_stopped(stop));
 
     // Three vehicles, 20 positions each, through the receiver's WebSocket.
     let sim: fleetstream_obu_sim::Config = parse(vec![
@@ -104,13 +87,7 @@ async fn a_locked_down_cluster_runs_the_pipeline_with_one_principal_per_service_
     assert!(refused.shutdown().await.is_ok());
 
     // The processor with a wrong password stops at start-up with the reason, not a hang.
-    let mut args = vec![
-        "processor".to_string(),
-        "--listen=127.0.0.1:0".into(),
-        format!("--kafka-brokers={}", kafka.brokers()),
-        format!("--group-id={processor_group}"),
-    ];
-    args.extend(topics.processor_flags());
+    let args = crate::processor_args(&kafka, &topics, &processor_group);
     let started = Instant::now();
     let mut bad_password = args.clone();
     bad_password.extend(processor_flags.iter().filter(|f| !f.starts_with("--kafka-sasl-password-file")).cloned());

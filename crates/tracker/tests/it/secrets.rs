@@ -5,16 +5,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use fleetstream_testkit::secrets::{leaks, SecretsCheck};
+use fleetstream_testkit::secrets::{leaks, sasl_env, SecretsCheck};
 use fleetstream_testkit::{free_port, unique, Broker};
 
 fn kafka_env(broker: &Broker, password: &str) -> Vec<(String, String)> {
-    vec![
-        ("KAFKA_BROKERS".into(), broker.brokers()),
-        ("KAFKA_SECURITY_PROTOCOL".into(), "sasl_plaintext".into()),
-        ("KAFKA_SASL_USERNAME".into(), "tracker".into()),
-        ("KAFKA_SASL_PASSWORD".into(), password.into()),
-    ]
+    sasl_env(&broker.brokers(), "tracker", password)
 }
 
 #[test]
