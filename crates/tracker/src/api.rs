@@ -141,6 +141,9 @@ struct Track {
 
 #[derive(Serialize)]
 struct TrackPoint {
+    /// Only for devices that send one: a track of a restarted device shows where seq began again.
+    #[serde(skip_serializing_if = "is_zero")]
+    boot: u64,
     seq: u64,
     ts: i64,
     lat: f64,
@@ -151,6 +154,10 @@ struct TrackPoint {
     heading: Option<f64>,
     distance_m: f64,
     out_of_order: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize)]
@@ -375,6 +382,7 @@ pub(crate) async fn track(State(app): State<AppState>, path: Result<Path<String>
     let points: Vec<TrackPoint> = rows
         .into_iter()
         .map(|p| TrackPoint {
+            boot: p.boot,
             seq: p.seq,
             ts: p.ts,
             lat: p.lat,

@@ -5,7 +5,7 @@
 //! events taken since the last flush, each topic's records are written in their own
 //! transaction, and the offsets of both are committed once both are durable. So a crash
 //! re-reads at most the batches that were not yet durable; writing them again is a no-op (the
-//! history is keyed by `(obu_id, seq)`, the latest position only moves to a higher seq, events
+//! history is keyed by `(obu_id, boot, seq)`, the latest position only moves forward, events
 //! are keyed by their deterministic `event_id`). A rebalance needs no special care for the same
 //! reason: committing an offset for a partition that has just moved is harmless, because
 //! everything before it is stored. Events are read committed only: the processor writes them in
@@ -180,11 +180,11 @@ impl Ingest {
             Source::Positions => {
                 self.metrics.consumed.inc();
                 let why = match m.payload().map(serde_json::from_slice::<ProcessedPosition>) {
-                    Some(Ok(p)) if db_int(p.obu_id).is_ok() && db_int(p.seq).is_ok() => {
+                    Some(Ok(p)) if storable(&p) => {
                         batch.positions.push(p);
                         return;
                     }
-                    Some(Ok(p)) => ("out_of_range", format!("obu_id {} or seq {} is beyond i64::MAX", p.obu_id, p.seq)),
+                    Some(Ok(p)) => ("out_of_range", format!("obu_id {}, boot {} or seq {} is beyond i64::MAX", p.obu_id, p.boot, p.seq)),
                     Some(Err(error)) => ("undecodable", format!("not a position: {error}")),
                     None => ("undecodable", "the record has no value".to_string()),
                 };
@@ -376,6 +376,11 @@ impl Ingest {
     }
 }
 
+/// Whether the databases can hold a position's obu_id, boot and seq (signed 64-bit columns).
+fn storable(p: &ProcessedPosition) -> bool {
+    db_int(p.obu_id).is_ok() && db_int(p.boot).is_ok() && db_int(p.seq).is_ok()
+}
+
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -392,7 +397,8 @@ struct LatestSnapshot {
 const STALL: Duration = Duration::from_secs(15);
 
 /// Every partition of `vehicle-latest` from the beginning up to its end at the time of the
-/// call; the highest seq per vehicle. No consumer group: nothing is committed.
+/// call; the latest position (highest `(boot, seq)`) per vehicle. No consumer group: nothing is
+/// committed.
 fn read_latest(config: &Config) -> anyhow::Result<LatestSnapshot> {
     let mut client = config.kafka.client_config();
     client
@@ -441,7 +447,7 @@ fn read_latest(config: &Config) -> anyhow::Result<LatestSnapshot> {
                 // brings the vehicle back if it moves.
                 if let Some(Ok(latest)) = m.payload().map(serde_json::from_slice::<VehicleLatest>) {
                     let pos = latest.position;
-                    if db_int(pos.obu_id).is_ok() && db_int(pos.seq).is_ok() && newest.get(&pos.obu_id).is_none_or(|q| q.seq < pos.seq) {
+                    if storable(&pos) && newest.get(&pos.obu_id).is_none_or(|q| q.order() < pos.order()) {
                         newest.insert(pos.obu_id, pos);
                     }
                 }

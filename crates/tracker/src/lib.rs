@@ -1,7 +1,7 @@
 //! fleetstream tracker: the history and the live map of the fleet.
 //!
 //! It consumes `positions` and `events` in its own consumer group and stores every position
-//! (batched, idempotently on `(obu_id, seq)`) and every fleet event (idempotently on its
+//! (batched, idempotently on `(obu_id, boot, seq)`) and every fleet event (idempotently on its
 //! `event_id`; trips in their own table) in SQLite (default, embedded) or PostgreSQL
 //! (`DATABASE_URL=postgres://...`), for `--retention`; it commits offsets only after a batch is
 //! durable. At start-up it reads `vehicle-latest` whole, so the latest position of every vehicle

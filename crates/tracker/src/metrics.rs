@@ -39,7 +39,7 @@ impl Metrics {
             consumed: t::counter(&r, "fleetstream_tracker_positions_consumed_total", "Records read from the positions topic."),
             skipped: t::counter_vec(&r, "fleetstream_tracker_positions_skipped_total", "Records of the positions topic that cannot be stored, by reason (undecodable, out_of_range).", &["reason"]),
             written: t::counter(&r, "fleetstream_tracker_positions_written_total", "Positions newly stored in the history."),
-            duplicates: t::counter(&r, "fleetstream_tracker_duplicates_skipped_total", "Positions not stored because their (obu_id, seq) was already in the history (replays)."),
+            duplicates: t::counter(&r, "fleetstream_tracker_duplicates_skipped_total", "Positions not stored because their (obu_id, boot, seq) was already in the history (replays)."),
             batch_size: t::histogram(&r, "fleetstream_tracker_batch_size", "Positions per database write.", &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0]),
             flush_seconds: t::histogram(&r, "fleetstream_tracker_flush_seconds", "Time to write one batch to the database and commit its offsets.", LATENCY_BUCKETS),
             db_errors: t::counter_vec(&r, "fleetstream_tracker_db_errors_total", "Failed database operations, by operation.", &["op"]),

@@ -233,10 +233,17 @@
     document.body.setAttribute('data-vehicles', String(total));
   }
 
+  // Whether position a is b or comes after it: by boot (absent for devices that send none,
+  // and every later boot is newer), then seq.
+  function notBefore(a, b) {
+    var ab = a.boot || 0, bb = b.boot || 0;
+    return ab > bb || (ab === bb && a.seq >= b.seq);
+  }
+
   // Applies a position if it is newer than what is shown (late and replayed ones are not).
   function apply(v) {
     var known = state.vehicles.get(v.obu_id);
-    if (v.out_of_order || (known && known.seq >= v.seq)) return false;
+    if (v.out_of_order || (known && notBefore(known, v))) return false;
     state.vehicles.set(v.obu_id, v);
     var ll = [v.lat, v.lon];
     var marker = state.markers.get(v.obu_id);

@@ -6,17 +6,19 @@
 //! - PostgreSQL (`postgres://...`): a connection pool; batches go in as arrays (`UNNEST`).
 //!
 //! Both hold the same tables (see the migrations in each backend):
-//! - `positions`: the history, one row per `(obu_id, seq)` (the primary key), so writing a batch
-//!   again (a replay after a crash, a new consumer group) inserts nothing twice;
-//! - `vehicles_latest`: one row per vehicle, replaced only by a higher seq, so neither a late
-//!   position nor a replay moves it backwards;
+//! - `positions`: the history, one row per `(obu_id, boot, seq)` (the primary key), so writing a
+//!   batch again (a replay after a crash, a new consumer group) inserts nothing twice, and a
+//!   device that restarted its seq under a higher boot collides with nothing;
+//! - `vehicles_latest`: one row per vehicle, replaced only by a later position (a higher
+//!   `(boot, seq)`, [`ProcessedPosition::order`]), so neither a late position nor a replay moves
+//!   it backwards;
 //! - `events`: fleet events, one row per `event_id` (deterministic, so an event redelivered or
 //!   computed again is stored once), with the record's JSON as it came in `body`;
 //! - `trips`: one row per `trip` event (same `event_id`), its fields as columns, so trips can be
 //!   asked for by the time they overlap. Pruned with the events.
 //!
-//! obu_id and seq are u64 on the wire and signed 64-bit integers in both databases: values above
-//! `i64::MAX` cannot be stored (the ingest counts them as skipped, the API refuses such ids).
+//! obu_id, boot and seq are u64 on the wire and signed 64-bit integers in both databases: values
+//! above `i64::MAX` cannot be stored (the ingest counts them as skipped, the API refuses such ids).
 
 mod model;
 mod postgres;
@@ -40,10 +42,16 @@ pub enum Store {
 impl Store {
     /// Connects (creating an SQLite file if needed) and applies pending migrations.
     pub async fn open(url: &str, pool_size: usize) -> Result<Store, StoreError> {
+        Store::open_migrated_to(url, pool_size, i64::MAX).await
+    }
+
+    /// [`Store::open`], applying the migrations up to version `up_to` only: a database as an
+    /// earlier tracker left it, for upgrade tests.
+    pub async fn open_migrated_to(url: &str, pool_size: usize, up_to: i64) -> Result<Store, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Store::Postgres(PgStore::open(url, pool_size).await?))
+            Ok(Store::Postgres(PgStore::open(url, pool_size, up_to).await?))
         } else if let Some(rest) = url.strip_prefix("sqlite:") {
-            Ok(Store::Sqlite(SqliteStore::open(sqlite_path(rest)?).await?))
+            Ok(Store::Sqlite(SqliteStore::open(sqlite_path(rest)?, up_to).await?))
         } else {
             Err(StoreError::Url("expected sqlite://FILE, sqlite::memory: or postgres://...".into()))
         }
@@ -58,7 +66,7 @@ impl Store {
     }
 
     /// In one transaction: inserts the positions not stored yet into the history, and moves
-    /// each vehicle's latest position forward to its highest in-order seq of the batch.
+    /// each vehicle's latest position forward to its latest in-order position of the batch.
     pub async fn write(&self, batch: Arc<Vec<ProcessedPosition>>) -> Result<WriteOutcome, StoreError> {
         let latest = newest_per_vehicle(batch.iter().filter(|p| !p.out_of_order));
         match self {
@@ -95,7 +103,7 @@ impl Store {
     }
 
     /// The stored positions of a vehicle with `from <= ts <= to` (device time, Unix ms), by
-    /// time then seq; at most `limit`.
+    /// time, then boot and seq; at most `limit`.
     pub async fn track(&self, obu_id: u64, from: i64, to: i64, limit: usize) -> Result<Vec<ProcessedPosition>, StoreError> {
         let id = db_int(obu_id)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -196,12 +204,13 @@ fn sqlite_path(rest: &str) -> Result<String, StoreError> {
     Ok(path.to_string())
 }
 
-/// The highest-seq position of each vehicle, by obu_id (an upsert may touch a row once).
+/// The latest position (highest `(boot, seq)`) of each vehicle, by obu_id (an upsert may touch a
+/// row once).
 fn newest_per_vehicle<'a>(positions: impl Iterator<Item = &'a ProcessedPosition>) -> Vec<ProcessedPosition> {
     let mut newest: std::collections::BTreeMap<u64, &ProcessedPosition> = std::collections::BTreeMap::new();
     for p in positions {
         match newest.get(&p.obu_id) {
-            Some(q) if q.seq >= p.seq => {}
+            Some(q) if q.order() >= p.order() => {}
             _ => {
                 newest.insert(p.obu_id, p);
             }
@@ -248,5 +257,13 @@ mod tests {
         let batch = [pos(1, 5, false), pos(2, 1, false), pos(1, 7, false), pos(1, 6, false)];
         let newest = newest_per_vehicle(batch.iter());
         assert_eq!(newest.iter().map(|p| (p.obu_id, p.seq)).collect::<Vec<_>>(), vec![(1, 7), (2, 1)]);
+    }
+
+    #[test]
+    fn a_later_boot_is_newer_whatever_its_seq() {
+        let restarted = ProcessedPosition { boot: 2, ..pos(1, 1, false) };
+        let batch = [pos(1, 90, false), restarted, ProcessedPosition { boot: 1, ..pos(1, 500, false) }];
+        let newest = newest_per_vehicle(batch.iter());
+        assert_eq!(newest.iter().map(|p| (p.boot, p.seq)).collect::<Vec<_>>(), vec![(2, 1)]);
     }
 }

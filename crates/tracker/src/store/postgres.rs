@@ -92,14 +92,27 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         CREATE INDEX trips_by_vehicle_end ON trips (obu_id, end_ts);
         CREATE INDEX trips_by_time ON trips (ts);",
     ),
+    (
+        3,
+        "boot in positions and vehicles_latest",
+        // A restarted device counts seq from 1 again under a higher boot: the history is keyed
+        // by (obu_id, boot, seq). Rows stored before boots existed get boot 0, which is what such
+        // devices send (a constant default: no table rewrite; the key's index is rebuilt).
+        "ALTER TABLE positions ADD COLUMN boot BIGINT NOT NULL DEFAULT 0;
+        ALTER TABLE positions DROP CONSTRAINT positions_pkey;
+        ALTER TABLE positions ADD PRIMARY KEY (obu_id, boot, seq);
+        ALTER TABLE vehicles_latest ADD COLUMN boot BIGINT NOT NULL DEFAULT 0;",
+    ),
 ];
 
 /// Key of the advisory lock held while migrating ("fleetstr" in ASCII).
 const MIGRATION_LOCK: i64 = 0x666c_6565_7473_7472;
 
-const COLUMNS: &str = "obu_id, seq, ts, lat, lon, speed, heading, speed_computed, heading_computed, distance_m, received_at, processed_at";
+/// The columns of a position, in the order [`row_to_position`] reads them and [`Columns`] holds
+/// them (`boot` last: it came with migration 3).
+const COLUMNS: &str = "obu_id, seq, ts, lat, lon, speed, heading, speed_computed, heading_computed, distance_m, received_at, processed_at, boot";
 const ARRAYS: &str = "$1::int8[], $2::int8[], $3::int8[], $4::float8[], $5::float8[], $6::float8[], $7::float8[], \
-                      $8::bool[], $9::bool[], $10::float8[], $11::int8[], $12::int8[]";
+                      $8::bool[], $9::bool[], $10::float8[], $11::int8[], $12::int8[], $13::int8[]";
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -126,6 +139,7 @@ struct Columns {
     distance_m: Vec<f64>,
     received_at: Vec<Option<i64>>,
     processed_at: Vec<i64>,
+    boot: Vec<i64>,
 }
 
 impl Columns {
@@ -144,6 +158,7 @@ impl Columns {
             distance_m: Vec::with_capacity(n),
             received_at: Vec::with_capacity(n),
             processed_at: Vec::with_capacity(n),
+            boot: Vec::with_capacity(n),
         };
         for p in positions {
             c.obu_id.push(db_int(p.obu_id)?);
@@ -158,6 +173,7 @@ impl Columns {
             c.distance_m.push(p.distance_m);
             c.received_at.push(p.received_at);
             c.processed_at.push(p.processed_at);
+            c.boot.push(db_int(p.boot)?);
         }
         Ok(c)
     }
@@ -176,6 +192,7 @@ impl Columns {
             &self.distance_m,
             &self.received_at,
             &self.processed_at,
+            &self.boot,
         ]
     }
 }
@@ -256,7 +273,8 @@ impl<'a> TripColumns<'a> {
 }
 
 impl PgStore {
-    pub async fn open(url: &str, pool_size: usize) -> Result<PgStore, StoreError> {
+    /// Connects and applies the migrations up to version `up_to`.
+    pub async fn open(url: &str, pool_size: usize, up_to: i64) -> Result<PgStore, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| StoreError::Url(e.to_string()))?;
         // An unreachable server fails the attempt (and the ingest retries) instead of hanging.
         config.connect_timeout(Duration::from_secs(5));
@@ -272,11 +290,11 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Url(e.to_string()))?;
         let store = PgStore { pool };
-        store.migrate().await?;
+        store.migrate(up_to).await?;
         Ok(store)
     }
 
-    async fn migrate(&self) -> Result<(), StoreError> {
+    async fn migrate(&self, up_to: i64) -> Result<(), StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
@@ -284,7 +302,7 @@ impl PgStore {
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
         )
         .await?;
-        for (version, name, sql) in MIGRATIONS {
+        for (version, name, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v <= up_to) {
             let applied = tx.query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[version]).await?.is_some();
             if !applied {
                 tx.batch_execute(sql).await?;
@@ -301,7 +319,7 @@ impl PgStore {
         // One row per key: inside one statement a repeated key would be reported as inserted
         // once and skipped once anyway, but indices are easier to map back without repeats.
         let mut seen = std::collections::HashSet::with_capacity(batch.len());
-        let firsts: Vec<usize> = (0..batch.len()).filter(|&i| seen.insert((batch[i].obu_id, batch[i].seq))).collect();
+        let firsts: Vec<usize> = (0..batch.len()).filter(|&i| seen.insert((batch[i].obu_id, batch[i].boot, batch[i].seq))).collect();
         let cols = Columns::of(firsts.iter().map(|&i| &batch[i]))?;
         let out_of_order: Vec<bool> = firsts.iter().map(|&i| batch[i].out_of_order).collect();
         let latest_cols = Columns::of(latest.iter())?;
@@ -311,24 +329,24 @@ impl PgStore {
         let insert = tx
             .prepare_cached(&format!(
                 "INSERT INTO positions ({COLUMNS}, out_of_order)
-                 SELECT * FROM UNNEST({ARRAYS}, $13::bool[])
-                 ON CONFLICT (obu_id, seq) DO NOTHING
-                 RETURNING obu_id, seq"
+                 SELECT * FROM UNNEST({ARRAYS}, $14::bool[])
+                 ON CONFLICT (obu_id, boot, seq) DO NOTHING
+                 RETURNING obu_id, boot, seq"
             ))
             .await?;
         let mut params = cols.params();
         params.push(&out_of_order);
         let rows = tx.query(&insert, &params).await?;
-        let mut new: std::collections::HashSet<(i64, i64)> = std::collections::HashSet::with_capacity(rows.len());
+        let mut new: std::collections::HashSet<(i64, i64, i64)> = std::collections::HashSet::with_capacity(rows.len());
         for row in rows {
-            new.insert((row.try_get(0)?, row.try_get(1)?));
+            new.insert((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?));
         }
         upsert_latest(&tx, &latest_cols).await?;
         tx.commit().await?;
 
         let mut outcome = WriteOutcome::default();
         for (i, p) in batch.iter().enumerate() {
-            let key = (db_int(p.obu_id)?, db_int(p.seq)?);
+            let key = (db_int(p.obu_id)?, db_int(p.boot)?, db_int(p.seq)?);
             if new.remove(&key) {
                 outcome.inserted.push(i);
             } else {
@@ -375,7 +393,7 @@ impl PgStore {
         let stmt = client
             .prepare_cached(&format!(
                 "SELECT {COLUMNS}, out_of_order FROM positions
-                 WHERE obu_id = $1 AND ts >= $2 AND ts <= $3 ORDER BY ts, seq LIMIT $4"
+                 WHERE obu_id = $1 AND ts >= $2 AND ts <= $3 ORDER BY ts, boot, seq LIMIT $4"
             ))
             .await?;
         let rows = client.query(&stmt, &[&obu_id, &from, &to, &limit]).await?;
@@ -389,7 +407,7 @@ impl PgStore {
         loop {
             let n = client
                 .execute(
-                    "DELETE FROM positions WHERE (obu_id, seq) IN (SELECT obu_id, seq FROM positions WHERE ts < $1 LIMIT 10000)",
+                    "DELETE FROM positions WHERE (obu_id, boot, seq) IN (SELECT obu_id, boot, seq FROM positions WHERE ts < $1 LIMIT 10000)",
                     &[&before],
                 )
                 .await?;
@@ -563,14 +581,14 @@ async fn upsert_latest(tx: &deadpool_postgres::Transaction<'_>, cols: &Columns) 
     let upsert = tx
         .prepare_cached(&format!(
             "INSERT INTO vehicles_latest ({COLUMNS}, updated_at)
-             SELECT *, $13::int8 FROM UNNEST({ARRAYS})
+             SELECT *, $14::int8 FROM UNNEST({ARRAYS})
              ON CONFLICT (obu_id) DO UPDATE SET
-                seq = EXCLUDED.seq, ts = EXCLUDED.ts, lat = EXCLUDED.lat, lon = EXCLUDED.lon,
+                boot = EXCLUDED.boot, seq = EXCLUDED.seq, ts = EXCLUDED.ts, lat = EXCLUDED.lat, lon = EXCLUDED.lon,
                 speed = EXCLUDED.speed, heading = EXCLUDED.heading,
                 speed_computed = EXCLUDED.speed_computed, heading_computed = EXCLUDED.heading_computed,
                 distance_m = EXCLUDED.distance_m, received_at = EXCLUDED.received_at,
                 processed_at = EXCLUDED.processed_at, updated_at = EXCLUDED.updated_at
-             WHERE EXCLUDED.seq > vehicles_latest.seq"
+             WHERE (EXCLUDED.boot, EXCLUDED.seq) > (vehicles_latest.boot, vehicles_latest.seq)"
         ))
         .await?;
     let now = now_ms();
@@ -583,8 +601,7 @@ fn row_to_position(r: &Row, with_out_of_order: bool) -> Result<ProcessedPosition
     Ok(ProcessedPosition {
         obu_id: from_db(r.try_get(0)?),
         seq: from_db(r.try_get(1)?),
-        // The tracker keeps no boot yet (history is keyed by obu_id and seq).
-        boot: 0,
+        boot: from_db(r.try_get(12)?),
         ts: r.try_get(2)?,
         lat: r.try_get(3)?,
         lon: r.try_get(4)?,
@@ -595,7 +612,7 @@ fn row_to_position(r: &Row, with_out_of_order: bool) -> Result<ProcessedPosition
         distance_m: r.try_get(9)?,
         received_at: r.try_get(10)?,
         processed_at: r.try_get(11)?,
-        out_of_order: if with_out_of_order { r.try_get(12)? } else { false },
+        out_of_order: if with_out_of_order { r.try_get(13)? } else { false },
         attributes: None,
     })
 }

@@ -93,9 +93,45 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         CREATE INDEX trips_by_vehicle_end ON trips (obu_id, end_ts);
         CREATE INDEX trips_by_time ON trips (ts);",
     ),
+    (
+        3,
+        "boot in positions and vehicles_latest",
+        // A restarted device counts seq from 1 again under a higher boot: the history is keyed
+        // by (obu_id, boot, seq). SQLite cannot change a primary key in place, so the table is
+        // rebuilt (in this migration's transaction); rows stored before boots existed get boot 0,
+        // which is what such devices send.
+        "CREATE TABLE positions_v3 (
+            obu_id INTEGER NOT NULL,
+            boot INTEGER NOT NULL DEFAULT 0,
+            seq INTEGER NOT NULL,
+            ts INTEGER NOT NULL,
+            lat REAL NOT NULL,
+            lon REAL NOT NULL,
+            speed REAL,
+            heading REAL,
+            speed_computed INTEGER NOT NULL DEFAULT 0,
+            heading_computed INTEGER NOT NULL DEFAULT 0,
+            distance_m REAL NOT NULL DEFAULT 0,
+            received_at INTEGER,
+            processed_at INTEGER NOT NULL,
+            out_of_order INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (obu_id, boot, seq)
+        ) WITHOUT ROWID;
+        INSERT INTO positions_v3 (obu_id, boot, seq, ts, lat, lon, speed, heading, speed_computed, heading_computed,
+                                  distance_m, received_at, processed_at, out_of_order)
+            SELECT obu_id, 0, seq, ts, lat, lon, speed, heading, speed_computed, heading_computed,
+                   distance_m, received_at, processed_at, out_of_order FROM positions;
+        DROP TABLE positions;
+        ALTER TABLE positions_v3 RENAME TO positions;
+        CREATE INDEX positions_by_vehicle_time ON positions (obu_id, ts);
+        CREATE INDEX positions_by_time ON positions (ts);
+        ALTER TABLE vehicles_latest ADD COLUMN boot INTEGER NOT NULL DEFAULT 0;",
+    ),
 ];
 
-const COLUMNS: &str = "obu_id, seq, ts, lat, lon, speed, heading, speed_computed, heading_computed, distance_m, received_at, processed_at";
+/// The columns of a position, in the order [`row_to_position`] reads them (`boot` last: it came
+/// with migration 3).
+const COLUMNS: &str = "obu_id, seq, ts, lat, lon, speed, heading, speed_computed, heading_computed, distance_m, received_at, processed_at, boot";
 
 type Shared = Arc<Mutex<Connection>>;
 
@@ -113,7 +149,8 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
-    pub async fn open(path: String) -> Result<SqliteStore, StoreError> {
+    /// Opens (creating) the file and applies the migrations up to version `up_to`.
+    pub async fn open(path: String, up_to: i64) -> Result<SqliteStore, StoreError> {
         let path2 = path.clone();
         let (writer, reader) = tokio::task::spawn_blocking(move || -> Result<(Connection, Option<Connection>), StoreError> {
             let path = path2;
@@ -127,7 +164,7 @@ impl SqliteStore {
                 }
             }
             writer.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
-            migrate(&mut writer)?;
+            migrate(&mut writer, up_to)?;
             // An in-memory database exists only inside its one connection.
             let reader = if memory {
                 None
@@ -151,8 +188,8 @@ impl SqliteStore {
             let mut outcome = WriteOutcome::default();
             {
                 let mut insert = tx.prepare_cached(&format!(
-                    "INSERT INTO positions ({COLUMNS}, out_of_order) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-                     ON CONFLICT (obu_id, seq) DO NOTHING"
+                    "INSERT INTO positions ({COLUMNS}, out_of_order) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                     ON CONFLICT (obu_id, boot, seq) DO NOTHING"
                 ))?;
                 for (i, p) in batch.iter().enumerate() {
                     let changed = insert.execute(params![
@@ -168,6 +205,7 @@ impl SqliteStore {
                         p.distance_m,
                         p.received_at,
                         p.processed_at,
+                        db_int(p.boot)?,
                         p.out_of_order,
                     ])?;
                     if changed == 1 {
@@ -224,7 +262,7 @@ impl SqliteStore {
         run(&self.reader, move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {COLUMNS}, out_of_order FROM positions
-                 WHERE obu_id = ?1 AND ts >= ?2 AND ts <= ?3 ORDER BY ts, seq LIMIT ?4"
+                 WHERE obu_id = ?1 AND ts >= ?2 AND ts <= ?3 ORDER BY ts, boot, seq LIMIT ?4"
             ))?;
             let rows = stmt.query_map(params![obu_id, from, to, limit], |r| row_to_position(r, true))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -238,7 +276,7 @@ impl SqliteStore {
             // In slices, so the writer lock (and the ingest behind it) is never held for long.
             loop {
                 let n = conn.execute(
-                    "DELETE FROM positions WHERE (obu_id, seq) IN (SELECT obu_id, seq FROM positions WHERE ts < ?1 LIMIT 10000)",
+                    "DELETE FROM positions WHERE (obu_id, boot, seq) IN (SELECT obu_id, boot, seq FROM positions WHERE ts < ?1 LIMIT 10000)",
                     [before],
                 )?;
                 deleted += n as u64;
@@ -414,11 +452,11 @@ async fn run<T: Send + 'static>(
     .map_err(|e| StoreError::Task(e.to_string()))?
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+fn migrate(conn: &mut Connection, up_to: i64) -> Result<(), StoreError> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
     )?;
-    for (version, name, sql) in MIGRATIONS {
+    for (version, name, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v <= up_to) {
         // IMMEDIATE takes the write lock first: two trackers starting on one file cannot both
         // apply a migration.
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -435,14 +473,14 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 fn upsert_latest(tx: &rusqlite::Transaction<'_>, latest: &[ProcessedPosition]) -> Result<u64, StoreError> {
     let mut upsert = tx.prepare_cached(&format!(
-        "INSERT INTO vehicles_latest ({COLUMNS}, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+        "INSERT INTO vehicles_latest ({COLUMNS}, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
          ON CONFLICT (obu_id) DO UPDATE SET
-            seq = excluded.seq, ts = excluded.ts, lat = excluded.lat, lon = excluded.lon,
+            boot = excluded.boot, seq = excluded.seq, ts = excluded.ts, lat = excluded.lat, lon = excluded.lon,
             speed = excluded.speed, heading = excluded.heading,
             speed_computed = excluded.speed_computed, heading_computed = excluded.heading_computed,
             distance_m = excluded.distance_m, received_at = excluded.received_at,
             processed_at = excluded.processed_at, updated_at = excluded.updated_at
-         WHERE excluded.seq > vehicles_latest.seq"
+         WHERE (excluded.boot, excluded.seq) > (vehicles_latest.boot, vehicles_latest.seq)"
     ))?;
     let now = now_ms();
     let mut changed = 0u64;
@@ -460,6 +498,7 @@ fn upsert_latest(tx: &rusqlite::Transaction<'_>, latest: &[ProcessedPosition]) -
             p.distance_m,
             p.received_at,
             p.processed_at,
+            db_int(p.boot)?,
             now,
         ])? as u64;
     }
@@ -470,8 +509,7 @@ fn row_to_position(r: &Row<'_>, with_out_of_order: bool) -> rusqlite::Result<Pro
     Ok(ProcessedPosition {
         obu_id: from_db(r.get(0)?),
         seq: from_db(r.get(1)?),
-        // The tracker keeps no boot yet (history is keyed by obu_id and seq).
-        boot: 0,
+        boot: from_db(r.get(12)?),
         ts: r.get(2)?,
         lat: r.get(3)?,
         lon: r.get(4)?,
@@ -482,7 +520,7 @@ fn row_to_position(r: &Row<'_>, with_out_of_order: bool) -> rusqlite::Result<Pro
         distance_m: r.get(9)?,
         received_at: r.get(10)?,
         processed_at: r.get(11)?,
-        out_of_order: if with_out_of_order { r.get(12)? } else { false },
+        out_of_order: if with_out_of_order { r.get(13)? } else { false },
         attributes: None,
     })
 }

@@ -8,6 +8,7 @@
 mod abuse;
 mod api;
 mod auth;
+mod boots;
 mod cdp;
 mod events;
 mod geofences;
