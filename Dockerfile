@@ -2,7 +2,10 @@
 # fleetstream services: one build of the workspace, one small runtime image per service.
 #
 #   docker build --target receiver  -t fleetstream/receiver:0.1.0 .    (docker compose does this)
-#   targets: receiver, processor, tracker, obu-sim
+#   targets: receiver, processor, tracker, obu-sim, dlq
+#
+# Only the service binaries are built (and the `healthcheck` probe every image carries): not the
+# benchmark tools of crates/bench, the test kit or kafka-local, which have no place in an image.
 #
 # Dependencies are cached between builds: the cargo registry, git checkouts and the target
 # directory live in BuildKit cache mounts, so a change to one crate recompiles that crate, not
@@ -17,20 +20,24 @@ COPY crates crates
 RUN --mount=type=cache,id=fleetstream-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,id=fleetstream-cargo-git,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,id=fleetstream-target,target=/src/target,sharing=locked \
-    cargo build --release --locked --workspace --bins \
+    cargo build --release --locked \
+      -p fleetstream-receiver --bin receiver \
+      -p fleetstream-processor --bin processor \
+      -p fleetstream-tracker --bin tracker \
+      -p fleetstream-obu-sim --bin obu-sim \
+      -p fleetstream-dlq --bin dlq \
+      -p fleetstream-healthcheck --bin healthcheck \
  && mkdir -p /out \
- && for bin in receiver processor tracker obu-sim; do \
-      if [ -x "target/release/$bin" ]; then cp "target/release/$bin" /out/; fi; \
-    done \
+ && for bin in receiver processor tracker obu-sim dlq healthcheck; do cp "target/release/$bin" /out/; done \
  && strip --strip-debug /out/*
 
 # Shared runtime: Debian slim (glibc, zlib — all the binaries link against), an unprivileged
-# user, and a health-check helper that needs no curl.
+# user, and the health probe (crates/healthcheck: HTTP or HTTPS, no curl needed).
 FROM debian:13.1-slim AS runtime
 RUN groupadd --system --gid 10001 fleetstream \
  && useradd --system --uid 10001 --gid fleetstream --home-dir /nonexistent --no-create-home \
       --shell /usr/sbin/nologin fleetstream
-COPY --chmod=0755 docker/healthcheck /usr/local/bin/healthcheck
+COPY --from=build /out/healthcheck /usr/local/bin/healthcheck
 WORKDIR /tmp
 USER 10001:10001
 ENV LOG_FORMAT=json
@@ -49,9 +56,11 @@ ENTRYPOINT ["/usr/local/bin/processor"]
 
 FROM runtime AS tracker
 COPY --from=build /out/tracker /usr/local/bin/tracker
+# Reads DATABASE_URL from the secret file /run/secrets/database-url when it is not set.
+COPY --chmod=0755 docker/tracker /usr/local/bin/tracker-entrypoint
 EXPOSE 30002
 HEALTHCHECK --interval=5s --timeout=5s --start-period=30s --retries=6 CMD ["healthcheck", "30002", "/readyz"]
-ENTRYPOINT ["/usr/local/bin/tracker"]
+ENTRYPOINT ["/usr/local/bin/tracker-entrypoint"]
 
 FROM runtime AS obu-sim
 COPY --from=build /out/obu-sim /usr/local/bin/obu-sim
@@ -60,3 +69,9 @@ ENV SIM_METRICS_LISTEN=0.0.0.0:30003
 EXPOSE 30003
 HEALTHCHECK --interval=10s --timeout=5s --start-period=5s --retries=3 CMD ["healthcheck", "30003", "/healthz"]
 ENTRYPOINT ["/usr/local/bin/obu-sim-entrypoint"]
+
+# The dead-letter tool (docs/operations.md, "Dead letters"), e.g.
+#   docker run --rm --network fleetstream_default fleetstream/dlq:0.1.0 --kafka-brokers kafka:9092 count
+FROM runtime AS dlq
+COPY --from=build /out/dlq /usr/local/bin/dlq
+ENTRYPOINT ["/usr/local/bin/dlq"]

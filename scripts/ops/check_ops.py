@@ -371,7 +371,65 @@ class Static:
                 problems.append(f"{latest} is not created compacted")
             if not any(c.startswith("retention.ms=") for c in cfg.get(dlq, [])):
                 problems.append(f"{dlq} is created without a retention")
+            problems += self.topic_settings_agree(cfg)
         return "topic names agree with the services' defaults; kafka-init and kafka-local create them: " + ", ".join(sorted(wanted)), problems
+
+    def topic_settings_agree(self, created):
+        """Problems between kafka-init's topic settings ({topic: ["KEY=VALUE", ...]}, from the
+        stub run) and `kafka-local topic-settings` (fleetstream_core::topics, what the services'
+        --create-topics use too): every setting kafka-local gives a topic, kafka-init must give it
+        with the same value, when creating it and when applying it again (kafka-init may add
+        others, e.g. a retention)."""
+        if not os.path.exists(self.kafka_local):
+            return ["target/debug/kafka-local is not built: topic settings not compared"]
+        try:
+            wanted = kafka_local.topic_settings(self.kafka_local)
+        except (RuntimeError, ValueError) as e:
+            return [str(e)]
+        problems = []
+        for topic, settings in sorted(wanted.items()):
+            given = created.get(topic, [])
+            for key, value in sorted(settings.items()):
+                values = {c.partition("=")[2] for c in given if c.partition("=")[0] == key}
+                if values != {value}:
+                    problems.append(f"kafka-init sets {key} of {topic} to {sorted(values) or 'nothing'}, "
+                                    f"`kafka-local topic-settings` (fleetstream_core::topics) has {value}")
+        return problems
+
+    def secrets(self):
+        """No secret in the compose file's environment or defaults: every token and password is a
+        file-based secret in SECRETS_DIR, each one some service mounts and reads through a *_FILE
+        setting (or docker/obu-sim, docker/tracker), and scripts/compose-secrets makes them all."""
+        problems = []
+        declared = self.resolved.get("secrets") or {}
+        raw = load_yaml(self.path("docker-compose.yml"))
+        for name, spec in (raw.get("secrets") or {}).items():
+            if set(spec) != {"file"} or not str(spec["file"]).startswith("${SECRETS_DIR:-./secrets}/"):
+                problems.append(f"secret {name} is not a file in SECRETS_DIR: {spec}")
+        secretish = re.compile(r"TOKEN|PASSWORD|SECRET|DATABASE_URL|_KEY$")
+        used = set()
+        for svc_name, svc in self.services.items():
+            mounted = {(s if isinstance(s, str) else s["source"]) for s in svc.get("secrets") or []}
+            used |= mounted
+            for m in sorted(mounted - set(declared)):
+                problems.append(f"{svc_name} mounts secret {m}, which is not declared")
+            for var, value in (svc.get("environment") or {}).items():
+                if var.endswith("_FILE") or var.endswith("__FILE"):
+                    if str(value).startswith("/run/secrets/") and str(value)[len("/run/secrets/"):] not in mounted:
+                        problems.append(f"{svc_name}: {var}={value}, but the service does not mount that secret")
+                elif secretish.search(var) and not var.endswith("_TLS_KEY"):
+                    problems.append(f"{svc_name}: {var} is set in the environment; secrets come from files")
+        for name in sorted(set(declared) - used):
+            problems.append(f"secret {name} is declared but no service mounts it")
+        made = os.path.join(self.work, "compose-secrets")
+        r = subprocess.run([self.path("scripts/compose-secrets"), made], capture_output=True, text=True)
+        if r.returncode != 0:
+            problems.append(f"scripts/compose-secrets failed: {r.stderr.strip()}")
+        else:
+            files = set(os.listdir(made))
+            if files != set(declared):
+                problems.append(f"scripts/compose-secrets makes {sorted(files)}, the compose file declares {sorted(declared)}")
+        return f"secrets come from files ({len(declared)}: {', '.join(sorted(declared))}), none from the environment or a default", problems
 
     def write_topics_env(self, path):
         """TOPIC_RAW=... lines: the processor's default topic names, for the live run."""
@@ -395,15 +453,17 @@ class Static:
             ann = r.get("annotations", {})
             if not ann.get("summary") or not ann.get("description"):
                 problems.append(f"{a} lacks a summary or a description")
-            if "severity" not in r.get("labels", {}):
-                problems.append(f"{a} has no severity label")
+            if r.get("labels", {}).get("severity") not in ("critical", "warning"):
+                problems.append(f"{a} has no severity label critical or warning (alertmanager/alertmanager.yml routes on it)")
+            if not r.get("labels", {}).get("service"):
+                problems.append(f"{a} has no service label (alertmanager/alertmanager.yml groups and inhibits by it)")
             if a not in firing:
                 problems.append(f"{a} has no unit test where it fires")
             if a not in quiet:
                 problems.append(f"{a} has no unit test where it does not fire")
             if a not in ALERT_EXPECT:
                 problems.append(f"{a} has no expectation in scripts/ops/check_ops.py (ALERT_EXPECT)")
-        return f"every alert ({len(rules)}) has a severity, a summary, a description and unit tests firing and quiet", problems
+        return f"every alert ({len(rules)}) has a severity, a service, a summary, a description and unit tests firing and quiet", problems
 
     def dashboards(self):
         problems = []
@@ -437,7 +497,7 @@ def static(args):
     except Exception as e:  # noqa: BLE001 - any failure to read the inputs is one failed check
         return 0 if result(False, f"static checks could not read their inputs ({e}; see {args.work}/compose.err)") else 1
     ok = True
-    for check in (s.env_example, s.images, s.kafka, s.variables, s.ports, s.topics, s.alerts, s.dashboards):
+    for check in (s.env_example, s.images, s.kafka, s.variables, s.ports, s.topics, s.secrets, s.alerts, s.dashboards):
         try:
             name, problems, *notes = check()
         except Exception as e:  # noqa: BLE001
@@ -484,7 +544,8 @@ def parse_kafka_tool_calls(log):
             cfg = [words[i + 1] for i, w in enumerate(words) if w == "--config"]
             created.append((t, p, cfg))
         if words[0] == "kafka-configs.sh":
-            configs.setdefault(words[words.index("--entity-name") + 1], []).append(words[words.index("--add-config") + 1])
+            added = words[words.index("--add-config") + 1].split(",")
+            configs.setdefault(words[words.index("--entity-name") + 1], []).extend(added)
     return [(t, p, c + configs.get(t, [])) for t, p, c in created]
 
 

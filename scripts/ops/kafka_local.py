@@ -93,6 +93,25 @@ def broker_settings(exe, nodes: int = 1, partitions: int = 6) -> Dict[str, str]:
     return settings
 
 
+def topic_settings(exe) -> Dict[str, Dict[str, str]]:
+    """The topic-level settings kafka-local creates the pipeline topics with (`kafka-local
+    topic-settings`, from fleetstream_core::topics): {topic: {key: value}}. A line that is not
+    `TOPIC KEY=VALUE` or a key set twice for a topic is an error."""
+    out = _run(exe, "topic-settings")
+    topics: Dict[str, Dict[str, str]] = {}
+    for line in out.splitlines():
+        if not line.strip():
+            continue
+        topic, _, setting = line.strip().partition(" ")
+        m = SETTING.fullmatch(setting)
+        if not topic or not m:
+            raise ValueError(f"`kafka-local topic-settings` printed {line!r}, not TOPIC KEY=VALUE")
+        if m.group(1) in topics.setdefault(topic, {}):
+            raise ValueError(f"`kafka-local topic-settings` sets {m.group(1)} of {topic} twice")
+        topics[topic][m.group(1)] = m.group(2)
+    return topics
+
+
 def env_name(key: str) -> str:
     """The apache/kafka image's environment variable for a broker property: `.` -> `_`,
     `_` -> `__`, `-` -> `___`, upper case, prefixed with KAFKA_."""

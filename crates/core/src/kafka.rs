@@ -329,6 +329,11 @@ impl TopicSpec {
         self.configs.push((key.to_string(), value.to_string()));
         self
     }
+
+    /// Every `(key, value)` of `configs` (e.g. [`crate::topics::LATEST_CONFIGS`]).
+    pub fn configs(self, configs: &[(&str, &str)]) -> Self {
+        configs.iter().fold(self, |spec, (k, v)| spec.config(k, v))
+    }
 }
 
 /// Creates the topics that do not exist yet. Existing ones are left as they are.

@@ -87,6 +87,9 @@ enum Action {
     /// Print the broker settings of this cluster size, KEY=VALUE per line (what docker-compose.yml
     /// must agree with).
     Settings,
+    /// Print the topic-level settings the pipeline topics are created with, `TOPIC KEY=VALUE` per
+    /// line (what docker-compose.yml's kafka-init must agree with).
+    TopicSettings,
 }
 
 #[derive(Debug, clap::Args)]
@@ -142,6 +145,14 @@ fn run(config: Config) -> anyhow::Result<()> {
         Action::Settings => {
             for (k, v) in node::broker_settings(config.nodes as usize, config.partitions) {
                 println!("{k}={v}");
+            }
+            Ok(())
+        }
+        Action::TopicSettings => {
+            for spec in config.topics.specs(i32::try_from(config.partitions)?) {
+                for (k, v) in &spec.configs {
+                    println!("{} {k}={v}", spec.name);
+                }
             }
             Ok(())
         }

@@ -40,7 +40,7 @@ impl TopicNames {
         vec![
             TopicSpec::new(&self.raw, partitions),
             TopicSpec::new(&self.positions, partitions),
-            TopicSpec::new(&self.latest, partitions).config("cleanup.policy", "compact"),
+            TopicSpec::new(&self.latest, partitions).configs(fleetstream_core::topics::LATEST_CONFIGS),
             TopicSpec::new(&self.dlq, partitions),
             TopicSpec::new(&self.events, partitions),
             TopicSpec::new(&self.geofences, 1).config("cleanup.policy", "compact"),

@@ -71,7 +71,7 @@ impl Application {
         if config.create_topics {
             let specs = [
                 TopicSpec::new(&config.positions_topic, input_partitions),
-                TopicSpec::new(&config.latest_topic, input_partitions).config("cleanup.policy", "compact"),
+                TopicSpec::new(&config.latest_topic, input_partitions).configs(fleetstream_core::topics::LATEST_CONFIGS),
                 TopicSpec::new(&config.dlq_topic, input_partitions),
                 TopicSpec::new(&config.events_topic, input_partitions),
                 // Few fences, read whole by every processor: one partition keeps them in order.

@@ -99,6 +99,7 @@ impl Tokens {
             text.push('\n');
             text.push_str(&inline.replace(';', "\n"));
         }
+        refuse_weak(&text)?;
         let tokens = Tokens::parse(&text)?;
         if tokens.is_empty() {
             anyhow::bail!(
@@ -108,6 +109,49 @@ impl Tokens {
         }
         Ok(tokens)
     }
+}
+
+/// Fewest characters a device token may have: a token that may publish as a vehicle should not
+/// be guessable (`openssl rand -hex 24` gives 48).
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// Tokens that have been shipped as examples or defaults (the compose file's old default among
+/// them): refused even as `sha256:` entries, so a copied example never opens the receiver.
+const PLACEHOLDERS: &[&str] = &["change-me-fleet-token", "change-me-device-token", "replace-with-a-random-token"];
+
+/// Refuses a token entry (plain or `sha256:`) that is a known placeholder, and a plain token
+/// shorter than [`MIN_TOKEN_CHARS`] or starting with `change-me`/`changeme`. The error names the
+/// entry's line, never the token. Checked at start-up and at every reload (a refused reload
+/// keeps the tokens in use).
+fn refuse_weak(text: &str) -> anyhow::Result<()> {
+    let placeholders: Vec<String> = PLACEHOLDERS.iter().map(|p| tokens::hash_hex(p)).collect();
+    for (n, line) in text.lines().enumerate() {
+        let Some(secret) = line.split('#').next().and_then(|l| l.split_whitespace().next()) else {
+            continue;
+        };
+        let placeholder = match secret.strip_prefix("sha256:") {
+            Some(hex) => placeholders.iter().any(|p| p.eq_ignore_ascii_case(hex)),
+            None => {
+                let lower = secret.to_ascii_lowercase();
+                if !PLACEHOLDERS.contains(&lower.as_str()) && secret.chars().count() < MIN_TOKEN_CHARS {
+                    anyhow::bail!(
+                        "token entry {}: a device token needs at least {MIN_TOKEN_CHARS} characters \
+                         (make one with `openssl rand -hex 24`)",
+                        n + 1
+                    );
+                }
+                PLACEHOLDERS.contains(&lower.as_str()) || lower.starts_with("change-me") || lower.starts_with("changeme")
+            }
+        };
+        if placeholder {
+            anyhow::bail!(
+                "token entry {}: a placeholder token from an example; generate real ones \
+                 (`openssl rand -hex 24`, or scripts/compose-secrets for docker compose)",
+                n + 1
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -134,5 +178,27 @@ mod tests {
         assert_eq!(tokens.authenticate(&HeaderMap::new(), Some("nope")), Err(AuthFailure::Invalid));
         assert!(Tokens::parse("only-a-token").is_err());
         assert!(Tokens::parse("t x,y").is_err());
+    }
+
+    #[test]
+    fn placeholders_and_short_tokens_are_refused_at_start_up_without_quoting_them() {
+        let refused = |inline: &str| {
+            Tokens::load(None, Some(inline)).err().map(|e| format!("{e:#}")).unwrap_or_else(|| "accepted".into())
+        };
+        let placeholder_hash = tokens::hash_hex("change-me-fleet-token");
+        for (inline, why) in [
+            ("change-me-fleet-token *", "placeholder"),
+            ("CHANGE-ME-FLEET-TOKEN *", "placeholder"),
+            ("changeme-please-0123456789 *", "placeholder"),
+            (&*format!("sha256:{placeholder_hash} *"), "placeholder"),
+            ("0123456789abcdef0123 1;s3cret *", "at least 16 characters"),
+        ] {
+            let e = refused(inline);
+            assert!(e.contains(why), "{inline}: {e}");
+            assert!(!e.contains("s3cret") && !e.contains("change-me-fleet") && !e.contains(&placeholder_hash), "{e}");
+        }
+        assert!(refused("0123456789abcdef0123 1;s3cret *").starts_with("token entry 3"), "the entry is named");
+        let good = Tokens::load(None, Some("0123456789abcdef 1;# change-me in a comment\nsha256:00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff *"));
+        assert_eq!(good.map(|t| t.len()).ok(), Some(2));
     }
 }

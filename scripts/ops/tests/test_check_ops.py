@@ -88,12 +88,14 @@ class ComposeTest(unittest.TestCase):
         log = "\n".join([
             "kafka-topics.sh --bootstrap-server kafka:9092 --create --if-not-exists --topic raw --partitions 6 --replication-factor 1 --config retention.ms=1",
             "kafka-configs.sh --bootstrap-server kafka:9092 --alter --entity-type topics --entity-name raw --add-config retention.ms=1",
-            "kafka-topics.sh --bootstrap-server kafka:9092 --create --topic latest --partitions 6 --config cleanup.policy=compact",
+            "kafka-topics.sh --bootstrap-server kafka:9092 --create --topic latest --partitions 6 --config cleanup.policy=compact --config segment.ms=9",
+            "kafka-configs.sh --bootstrap-server kafka:9092 --alter --entity-type topics --entity-name latest --add-config cleanup.policy=compact,segment.ms=9",
             "kafka-topics.sh --bootstrap-server kafka:9092 --describe --topic raw|latest",
             "",
         ])
         self.assertEqual(check_ops.parse_kafka_tool_calls(log), [
-            ("raw", "6", ["retention.ms=1", "retention.ms=1"]), ("latest", "6", ["cleanup.policy=compact"])])
+            ("raw", "6", ["retention.ms=1", "retention.ms=1"]),
+            ("latest", "6", ["cleanup.policy=compact", "segment.ms=9", "cleanup.policy=compact", "segment.ms=9"])])
 
 
 class KafkaAgreementTest(unittest.TestCase):

@@ -55,6 +55,16 @@ class BinaryTest(unittest.TestCase):
             with self.assertRaisesRegex(ValueError, message):
                 kafka_local.broker_settings(exe)
 
+    def test_topic_settings(self):
+        exe, args = fake_binary("vehicle-latest cleanup.policy=compact\nvehicle-latest segment.ms=600000\n\ngeofences cleanup.policy=compact\n")
+        self.assertEqual(kafka_local.topic_settings(exe), {
+            "vehicle-latest": {"cleanup.policy": "compact", "segment.ms": "600000"}, "geofences": {"cleanup.policy": "compact"}})
+        self.assertEqual(args.read_text().split(), ["topic-settings"])
+        for out, message in (("vehicle-latest\n", "not TOPIC KEY=VALUE"), ("t a=1\nt a=2\n", "twice")):
+            exe, _ = fake_binary(out)
+            with self.assertRaisesRegex(ValueError, message):
+                kafka_local.topic_settings(exe)
+
     def test_an_existing_binary_is_not_rebuilt(self):
         root = Path(tempfile.mkdtemp(dir=TEMP.name))  # no Cargo workspace: a build would fail
         exe = root / kafka_local.BINARY

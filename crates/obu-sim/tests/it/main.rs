@@ -146,13 +146,13 @@ async fn fleet_over_wss_with_a_private_ca_and_a_token() {
         format!("--tls-cert={}", cert.display()),
         format!("--tls-key={}", key.display()),
         "--auth=token".to_string(),
-        "--auth-tokens=fleet-secret 1,2,3".to_string(),
+        "--auth-tokens=fleet-secret-0123456789 1,2,3".to_string(),
     ];
     let receiver = Receiver::start_with(&broker, &topics, port, &tls).await;
     let config = sim(&[
         format!("--url=wss://localhost:{port}/ws"),
         format!("--tls-ca={}", cert.display()),
-        "--token=fleet-secret".into(),
+        "--token=fleet-secret-0123456789".into(),
         // Longitude first, as the tracker's bbox: central Berlin.
         "--area=13.30,52.45,13.50,52.55".into(),
         "--vehicles=3".into(),

@@ -18,17 +18,17 @@ fn status_of(e: tokio_tungstenite::tungstenite::Error) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_required_and_bound_to_their_vehicles() {
     let (broker, topics) = broker_and_topics().await;
-    let receiver = spawn(config(&broker, &topics, &["--auth=token", "--auth-tokens=secret-a 1;secret-b 2,3"])).await;
+    let receiver = spawn(config(&broker, &topics, &["--auth=token", "--auth-tokens=secret-a-0123456789 1;secret-b-0123456789 2,3"])).await;
     let missing = connect(&receiver.url(), None).await.err().map(status_of);
     assert_eq!(missing, Some(401), "no token");
     let wrong = connect(&receiver.url(), Some("guess")).await.err().map(status_of);
     assert_eq!(wrong, Some(401), "wrong token");
-    let query = connect(&format!("{}?token=secret-b", receiver.url()), None).await;
+    let query = connect(&format!("{}?token=secret-b-0123456789", receiver.url()), None).await;
     assert!(query.is_ok(), "token in the query string");
     assert_eq!(receiver.metric("fleetstream_receiver_auth_failures_total", Some(("reason", "missing"))), 1.0);
     assert_eq!(receiver.metric("fleetstream_receiver_auth_failures_total", Some(("reason", "invalid"))), 1.0);
 
-    let mut a = connect(&receiver.url(), Some("secret-a")).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut a = connect(&receiver.url(), Some("secret-a-0123456789")).await.unwrap_or_else(|e| panic!("{e}"));
     send(&mut a, &position(1, 1)).await;
     assert_eq!(next_frame(&mut a, Duration::from_secs(10)).await, Some(ServerFrame::Ack { obu_id: 1, seq: 1 }));
     send(&mut a, &position(2, 1)).await;
@@ -50,20 +50,20 @@ async fn tokens_reload_without_a_restart_and_a_revoked_token_closes_its_connecti
     let dir = std::env::temp_dir().join(fleetstream_testkit::unique("receiver-tokens"));
     std::fs::create_dir_all(&dir).expect("a temp dir");
     let file = dir.join("tokens");
-    std::fs::write(&file, "old-token 1\nkept-token 2\n").expect("the token file is written");
+    std::fs::write(&file, "old-token-0123456789 1\nkept-token-0123456789 2\n").expect("the token file is written");
     let file_flag = format!("--auth-tokens-file={}", file.display());
     let receiver = spawn(config(&broker, &topics, &["--auth=token", &file_flag, "--auth-tokens-poll=100ms"])).await;
-    let mut old = connect(&receiver.url(), Some("old-token")).await.unwrap_or_else(|e| panic!("{e}"));
-    let mut kept = connect(&receiver.url(), Some("kept-token")).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut old = connect(&receiver.url(), Some("old-token-0123456789")).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut kept = connect(&receiver.url(), Some("kept-token-0123456789")).await.unwrap_or_else(|e| panic!("{e}"));
     send(&mut old, &position(1, 1)).await;
     assert_eq!(next_frame(&mut old, Duration::from_secs(10)).await, Some(ServerFrame::Ack { obu_id: 1, seq: 1 }));
 
-    // Rotation: old-token revoked, new-token added for vehicle 1; nothing restarted.
-    std::fs::write(&file, "kept-token 2\nnew-token 1\n").expect("the token file is rewritten");
+    // Rotation: the old token revoked, a new one added for vehicle 1; nothing restarted.
+    std::fs::write(&file, "kept-token-0123456789 2\nnew-token-0123456789 1\n").expect("the token file is rewritten");
     let (_, code) = frames_until_close(&mut old, Duration::from_secs(10)).await;
     assert_eq!(code, Some(close_code::TOKEN_REVOKED), "the revoked token's connection is closed with 4001");
-    assert_eq!(connect(&receiver.url(), Some("old-token")).await.err().map(status_of), Some(401), "the revoked token is refused");
-    let mut new = connect(&receiver.url(), Some("new-token")).await.unwrap_or_else(|e| panic!("the new token works at once: {e}"));
+    assert_eq!(connect(&receiver.url(), Some("old-token-0123456789")).await.err().map(status_of), Some(401), "the revoked token is refused");
+    let mut new = connect(&receiver.url(), Some("new-token-0123456789")).await.unwrap_or_else(|e| panic!("the new token works at once: {e}"));
     send(&mut new, &position(1, 2)).await;
     assert_eq!(next_frame(&mut new, Duration::from_secs(10)).await, Some(ServerFrame::Ack { obu_id: 1, seq: 2 }));
     send(&mut kept, &position(2, 1)).await;
@@ -76,7 +76,7 @@ async fn tokens_reload_without_a_restart_and_a_revoked_token_closes_its_connecti
     })
     .await;
     assert!(refused, "the broken file was read and refused");
-    assert!(connect(&receiver.url(), Some("new-token")).await.is_ok(), "the previous tokens stay in use");
+    assert!(connect(&receiver.url(), Some("new-token-0123456789")).await.is_ok(), "the previous tokens stay in use");
     assert_eq!(receiver.metric("fleetstream_receiver_connections_closed_total", Some(("reason", "token_revoked"))), 1.0);
     assert!(receiver.metric("fleetstream_receiver_token_reloads_total", Some(("outcome", "ok"))) >= 1.0);
     let _ = std::fs::remove_dir_all(&dir);
