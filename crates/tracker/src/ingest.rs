@@ -410,13 +410,11 @@ fn read_latest(config: &Config) -> anyhow::Result<LatestSnapshot> {
     config.kafka.apply_overrides(&mut client);
     let reader: BaseConsumer = client.create()?;
     let topic = config.latest_topic.as_str();
-    let metadata = reader.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    // The probe says in words why Kafka refuses (credentials, TLS, a missing ACL naming the
+    // topic) where metadata alone gives "transport failure" or an empty topic list; its error
+    // is what /readyz shows while this is retried.
+    let count = fleetstream_core::kafka::Probe::new(&config.kafka)?.partitions(topic, Duration::from_secs(10))?.unwrap_or(0);
+    let partitions: Vec<i32> = (0..count).collect();
     let mut snapshot = LatestSnapshot { records: 0, positions: Vec::new() };
     if partitions.is_empty() {
         tracing::warn!(topic, "the vehicle-latest topic does not exist; starting from the positions topic alone");

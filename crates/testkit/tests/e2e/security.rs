@@ -86,6 +86,21 @@ async fn a_locked_down_cluster_runs_the_pipeline_with_one_principal_per_service_
     assert!(!readyz.1.contains("not-the-password"), "{readyz:?}");
     assert!(refused.shutdown().await.is_ok());
 
+    // The tracker, too: not ready, and /readyz says why.
+    let mut wrong_tracker = tracker_flags.iter().filter(|f| !f.starts_with("--kafka-sasl-password-file")).cloned().collect::<Vec<_>>();
+    wrong_tracker.push("--kafka-sasl-password=not-the-password".into());
+    let (mut refused, refused_port) = crate::tracker(&kafka, &topics, &tracker_group, &viewer, "viewer", &wrong_tracker).await;
+    let said = eventually(Duration::from_secs(30), || async {
+        let answer = client.get(format!("http://127.0.0.1:{refused_port}/readyz")).send().await;
+        match answer {
+            Ok(a) if a.status().as_u16() == 503 => a.text().await.unwrap_or_default().contains("Kafka refused the credentials of User:tracker (PLAIN)"),
+            _ => false,
+        }
+    })
+    .await;
+    assert!(said, "the tracker's /readyz names the refused credentials");
+    assert!(refused.shutdown().await.is_ok());
+
     // The processor with a wrong password stops at start-up with the reason, not a hang.
     let args = crate::processor_args(&kafka, &topics, &processor_group);
     let started = Instant::now();
