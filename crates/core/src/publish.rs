@@ -1,6 +1,7 @@
 //! The one publishing layer: how a record goes to Kafka.
 //!
-//! [`Outgoing`] is a record to write (topic, partition, key, payload, headers, timestamp);
+//! [`Outgoing`] is a record to write (topic, partition, key, payload or none, headers,
+//! timestamp);
 //! [`Publisher`] is the one place that hands records to the producer: when librdkafka's local
 //! queue is full it waits (Kafka is slower than the input) up to a deadline, and gives up at
 //! once when the service shuts down; errors are sorted into final ones (the record can never be
@@ -39,6 +40,10 @@ pub mod headers {
     pub const SRC_OFFSET: &str = "fleetstream.src.offset";
     /// On `events`: the event's type, so a consumer can filter without parsing the value.
     pub const EVENT_TYPE: &str = "fleetstream.event.type";
+    /// On a `vehicle-latest` tombstone (a decommissioned vehicle): its latest position then, as
+    /// `vehicle-latest` writes an order (the seq, or `BOOT:SEQ`). Positions up to it were sent
+    /// before the decommission and do not bring the vehicle back.
+    pub const DECOMMISSIONED_AFTER: &str = "fleetstream.decommissioned.after";
 
     /// The value of header `key` as text (the last one, if repeated).
     pub fn text<'a, H: Headers>(headers: Option<&'a H>, key: &str) -> Option<&'a str> {
@@ -58,14 +63,21 @@ pub struct Outgoing<'a> {
     topic: &'a str,
     partition: Option<i32>,
     key: Option<Cow<'a, [u8]>>,
-    payload: Cow<'a, [u8]>,
+    /// `None`: a tombstone.
+    payload: Option<Cow<'a, [u8]>>,
     headers: Option<OwnedHeaders>,
     timestamp: Option<i64>,
 }
 
 impl<'a> Outgoing<'a> {
     pub fn new(topic: &'a str, payload: impl Into<Cow<'a, [u8]>>) -> Self {
-        Outgoing { topic, partition: None, key: None, payload: payload.into(), headers: None, timestamp: None }
+        Outgoing { topic, partition: None, key: None, payload: Some(payload.into()), headers: None, timestamp: None }
+    }
+
+    /// A record with no value at all (not an empty one): in a compacted topic it deletes its key,
+    /// once compaction reaches it, from the partition it is written to.
+    pub fn tombstone(topic: &'a str) -> Self {
+        Outgoing { topic, partition: None, key: None, payload: None, headers: None, timestamp: None }
     }
 
     /// A record about a vehicle: keyed by [`vehicle_key`].
@@ -107,8 +119,13 @@ impl<'a> Outgoing<'a> {
         self.topic
     }
 
+    /// The value; empty for a tombstone (see [`Outgoing::is_tombstone`]).
     pub fn payload(&self) -> &[u8] {
-        &self.payload
+        self.payload.as_deref().unwrap_or_default()
+    }
+
+    pub fn is_tombstone(&self) -> bool {
+        self.payload.is_none()
     }
 
     pub fn key_bytes(&self) -> Option<&[u8]> {
@@ -120,7 +137,10 @@ impl<'a> Outgoing<'a> {
     }
 
     fn future_record(&self) -> FutureRecord<'_, [u8], [u8]> {
-        let mut r = FutureRecord::to(self.topic).payload(self.payload.as_ref());
+        let mut r = FutureRecord::to(self.topic);
+        if let Some(p) = &self.payload {
+            r = r.payload(p.as_ref());
+        }
         if let Some(k) = &self.key {
             r = r.key(k.as_ref());
         }
@@ -258,6 +278,16 @@ mod tests {
         assert_eq!(f.timestamp, Some(1_700_000_000_000));
         assert_eq!(headers::int(f.headers.as_ref(), headers::SRC_OFFSET), Some(17));
         assert_eq!(headers::int(f.headers.as_ref(), headers::SRC_PARTITION), None);
+        assert_eq!(f.payload, Some(b"{}".as_slice()));
+    }
+
+    #[test]
+    fn a_tombstone_has_no_value_at_all() {
+        let t = Outgoing::tombstone("vehicle-latest").key(vehicle_key(7).into_bytes()).partition(2);
+        assert!(t.is_tombstone() && t.payload().is_empty());
+        let f = t.future_record();
+        assert_eq!((f.payload, f.key, f.partition), (None, Some(b"7".as_slice()), Some(2)), "null, not empty");
+        assert!(!Outgoing::new("positions", Vec::new()).is_tombstone(), "an empty value is a value");
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub struct Service {
 pub const SERVICES: &[Service] = &[
     Service { user: "receiver", what: "writes raw positions and receiver dead letters" },
     Service { user: "processor", what: "reads raw, writes positions, vehicle-latest, events and dead letters in transactions" },
-    Service { user: "tracker", what: "reads positions, vehicle-latest, events and geofences; writes geofences (admin API)" },
+    Service { user: "tracker", what: "reads positions, vehicle-latest, events and geofences; writes geofences and vehicle-latest tombstones (admin API)" },
     Service { user: "dlq", what: "the dlq tool: reads dead letters, redrives them to raw" },
 ];
 
@@ -106,8 +106,9 @@ pub fn acls(topics: &TopicNames, groups: &Groups) -> Vec<Acl> {
     allow("processor", Group, Prefixed, &[&groups.processor], &[Read]);
     allow("processor", TransactionalId, Prefixed, &[&groups.processor], &[Write, Describe]);
 
-    allow("tracker", Topic, Literal, &[&t.positions, &t.latest, &t.events], &[Read, Describe]);
-    allow("tracker", Topic, Literal, &[&t.geofences], &[Read, Write, Describe]);
+    allow("tracker", Topic, Literal, &[&t.positions, &t.events], &[Read, Describe]);
+    // The admin API writes geofences, and tombstones to vehicle-latest (decommissioning).
+    allow("tracker", Topic, Literal, &[&t.latest, &t.geofences], &[Read, Write, Describe]);
     allow("tracker", Group, Prefixed, &[&groups.tracker], &[Read]);
 
     allow("dlq", Topic, Literal, &[&t.dlq], &[Read, Describe]);
@@ -185,6 +186,9 @@ mod tests {
         assert!(!allowed(&rules, "tracker", Operation::Read, "gpscoords"), "the tracker never sees raw input");
         assert!(!allowed(&rules, "tracker", Operation::Write, "positions"));
         assert!(allowed(&rules, "tracker", Operation::Write, "geofences"));
+        assert!(allowed(&rules, "tracker", Operation::Read, "vehicle-latest"));
+        assert!(allowed(&rules, "tracker", Operation::Write, "vehicle-latest"), "decommissioning writes a tombstone");
+        assert!(!allowed(&rules, "tracker", Operation::Write, "events"));
         assert!(!rules.iter().any(|a| a.principal == "User:tracker" && a.resource == Resource::TransactionalId));
         let lines = commands(&["receiver"], &rules);
         assert!(lines.iter().any(|l| l.contains("--allow-principal User:processor --operation Write --transactional-id fleetstream-processor --resource-pattern-type prefixed")), "{lines:?}");

@@ -57,7 +57,7 @@ impl std::fmt::Debug for Application {
 /// credentials, TLS, a missing ACL naming the topic).
 async fn partitions_of(probe: &Arc<Probe>, topic: &str) -> anyhow::Result<Option<i32>> {
     let (probe, topic) = (probe.clone(), topic.to_string());
-    tokio::task::spawn_blocking(move || probe.partitions(&topic, Duration::from_secs(10))).await?
+    tokio::task::spawn_blocking(move || probe.partitions_settled(&topic, Duration::from_secs(10), Duration::from_secs(10))).await?
 }
 
 impl Application {

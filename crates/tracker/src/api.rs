@@ -1,5 +1,6 @@
 //! The HTTP API (JSON, GeoJSON for geofences), documented in docs/api.md: vehicles, tracks,
-//! fleet events, trips, and the geofences (read and written through their Kafka topic).
+//! fleet events, trips, the geofences (read and written through their Kafka topic), and
+//! decommissioning a vehicle (through `vehicle-latest`, see `latest.rs`).
 //!
 //! Parameters and bodies are parsed into their types before anything is asked of the database
 //! or Kafka; a bad one is a `400` (a fence that is not valid GeoJSON: `422`) naming the
@@ -26,6 +27,7 @@ use fleetstream_core::now_ms;
 
 use crate::config::Config;
 use crate::geofences::{Geofences, Unavailable, WriteError};
+use crate::latest::{DecommissionError, Vehicles};
 use crate::metrics::Metrics;
 use crate::store::{db_int, Bbox, EventQuery, Store, StoreError};
 use crate::view::{millis as ms, VehicleView};
@@ -40,11 +42,12 @@ pub(crate) struct AppState {
     store: Store,
     metrics: Metrics,
     fences: Geofences,
+    vehicles: Vehicles,
 }
 
 impl AppState {
-    pub(crate) fn new(config: Arc<Config>, store: Store, metrics: Metrics, fences: Geofences) -> Self {
-        AppState { config, store, metrics, fences }
+    pub(crate) fn new(config: Arc<Config>, store: Store, metrics: Metrics, fences: Geofences, vehicles: Vehicles) -> Self {
+        AppState { config, store, metrics, fences, vehicles }
     }
 }
 
@@ -86,6 +89,24 @@ impl From<WriteError> for ApiError {
                 "kafka_unavailable",
                 format!("{e}; the write may or may not have happened: repeat it (a PUT or DELETE can be repeated safely)"),
             ),
+        }
+    }
+}
+
+impl From<DecommissionError> for ApiError {
+    fn from(e: DecommissionError) -> Self {
+        match e {
+            DecommissionError::NotFound(_) => ApiError::not_found(e.to_string()),
+            DecommissionError::Unavailable(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "vehicles_unavailable", e.to_string()),
+            DecommissionError::NotInTopic { .. } => ApiError::new(StatusCode::CONFLICT, "not_in_vehicle_latest", e.to_string()),
+            // Failures are logged and counted where they happened.
+            DecommissionError::Kafka(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "kafka_unavailable",
+                format!("{e}; the vehicle may or may not be decommissioned: repeat the DELETE"),
+            ),
+            DecommissionError::Lookup => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", format!("{e}; try again shortly")),
+            DecommissionError::Remove => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", format!("{e}; repeat the DELETE shortly")),
         }
     }
 }
@@ -352,6 +373,14 @@ pub(crate) async fn vehicle(State(app): State<AppState>, path: Result<Path<Strin
     Ok(Json(VehicleView::at(&p, now_ms(), app.config.online_timeout)).into_response())
 }
 
+/// `DELETE /api/vehicles/{id}` (admin): decommissions the vehicle (see `latest.rs`).
+pub(crate) async fn decommission(State(app): State<AppState>, path: Result<Path<String>, PathRejection>, query: RawQuery) -> Result<Response, ApiError> {
+    Params::parse(query, &[])?;
+    let id = parse_id(&path_id(path)?)?;
+    app.vehicles.decommission(id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 /// `GET /api/vehicles/{id}/track?from=&to=&limit=`
 pub(crate) async fn track(State(app): State<AppState>, path: Result<Path<String>, PathRejection>, query: RawQuery) -> Result<Response, ApiError> {
     let params = Params::parse(query, &["from", "to", "limit"])?;
@@ -372,7 +401,8 @@ pub(crate) async fn track(State(app): State<AppState>, path: Result<Path<String>
         ));
     }
     let limit = parse_limit(&params, app.config.max_track_points)?;
-    if app.store.vehicle(id).await.map_err(|e| app.db_error("vehicle", e))?.is_none() {
+    // A decommissioned vehicle keeps its history until the retention.
+    if !app.store.known(id).await.map_err(|e| app.db_error("known", e))? {
         return Err(ApiError::not_found(format!("no vehicle with obu_id {id}")));
     }
     // One more than asked tells whether there is more.

@@ -2,7 +2,7 @@
 //! of [`fleetstream_core::tokens`], shared with the receiver's device tokens).
 //!
 //! Every `/api` route needs a token; reads need `viewer` (or `admin`), anything that changes
-//! state (`POST`, `PUT`, `DELETE`: the geofences) needs `admin`. The live feeds also take the
+//! state (`POST`, `PUT`, `DELETE`: the geofences, decommissioning a vehicle) needs `admin`. The live feeds also take the
 //! token as `?access_token=`, because a browser's `EventSource` cannot set headers. A refusal is
 //! the API's JSON error with `401` (no or unknown token, and `WWW-Authenticate: Bearer`) or `403`
 //! (known token, role too low), counted by reason; a token is never logged or echoed.
@@ -37,7 +37,7 @@ pub enum ApiAuth {
 pub enum Role {
     /// Reads: positions, tracks, events, trips, geofences, the live feeds, the map config.
     Viewer,
-    /// Reads, and everything that changes state (geofence writes).
+    /// Reads, and everything that changes state (geofence writes, decommissioning vehicles).
     Admin,
 }
 
@@ -106,7 +106,7 @@ impl Guard {
         }
         if config.api_auth == ApiAuth::None {
             tracing::warn!(
-                "--api-auth none: the tracker API is open: anyone who reaches it can read every vehicle's position and change geofences"
+                "--api-auth none: the tracker API is open: anyone who reaches it can read every vehicle's position, change geofences and decommission vehicles"
             );
             return Ok(Guard { tokens: None, refused, query_token: false });
         }

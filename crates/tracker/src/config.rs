@@ -26,7 +26,7 @@ pub struct Config {
 
     /// File of API tokens, one per line: `TOKEN ROLE` or `sha256:HEX ROLE` (the token's SHA-256,
     /// so the file need not hold the token), ROLE `viewer` (reads) or `admin` (also geofence
-    /// writes); `#` starts a comment. Read at start-up.
+    /// writes and decommissioning vehicles); `#` starts a comment. Read at start-up.
     #[arg(long, env = "TRACKER_API_TOKENS_FILE")]
     pub api_tokens_file: Option<PathBuf>,
 
@@ -53,7 +53,8 @@ pub struct Config {
     pub positions_topic: String,
 
     /// Compacted topic of the latest position per vehicle, read whole at start-up so the map
-    /// is complete before the positions backlog is consumed.
+    /// is complete before the positions backlog is consumed, then followed for decommissioned
+    /// vehicles (tombstones, which the admin API writes).
     #[arg(long, env = "TRACKER_LATEST_TOPIC", default_value = fleetstream_core::topics::LATEST)]
     pub latest_topic: String,
 

@@ -99,12 +99,10 @@ impl State {
 }
 
 impl Geofences {
-    /// The fences of `--geofences-topic` (none known until [`Geofences::follow`] has read it) and
-    /// their producer.
-    pub(crate) fn new(config: &Config, metrics: Metrics) -> anyhow::Result<Self> {
-        let producer: FutureProducer =
-            config.kafka.producer_config(&config.producer).create().context("cannot create the Kafka producer of geofences")?;
-        Ok(Geofences { topic: config.geofences_topic.as_str().into(), state: Arc::default(), producer, metrics })
+    /// The fences of `--geofences-topic` (none known until [`Geofences::follow`] has read it),
+    /// written through the tracker's `producer`.
+    pub(crate) fn new(config: &Config, metrics: Metrics, producer: FutureProducer) -> Self {
+        Geofences { topic: config.geofences_topic.as_str().into(), state: Arc::default(), producer, metrics }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -166,8 +164,7 @@ impl Geofences {
     }
 
     /// Produces one record of the topic and waits for its acknowledgement: its offset. The one
-    /// place that writes the topic. (Not through `Publisher`: a tombstone has no value at all,
-    /// which `Outgoing` cannot express.)
+    /// place that writes the topic.
     async fn send(&self, op: &'static str, id: &str, payload: Option<&[u8]>) -> Result<i64, KafkaError> {
         let mut record = FutureRecord::<str, [u8]>::to(&self.topic).key(id);
         if let Some(payload) = payload {

@@ -25,12 +25,13 @@ use tokio_util::sync::CancellationToken;
 
 use fleetstream_core::http::Health;
 use fleetstream_core::telemetry::Throttle;
-use fleetstream_core::{ProcessedPosition, VehicleLatest};
+use fleetstream_core::ProcessedPosition;
 
 use crate::config::Config;
+use crate::latest::{Seed, Vehicles};
 use crate::live::Feeds;
 use crate::metrics::Metrics;
-use crate::store::{db_int, NewEvent, Store, StoreError};
+use crate::store::{storable, NewEvent, Store, StoreError};
 use crate::view::VehicleView;
 
 /// Logs partition movements of the ingest consumer.
@@ -102,6 +103,8 @@ pub(crate) struct Ingest {
     metrics: Metrics,
     health: Health,
     live: Feeds,
+    /// Where the seed leaves what it read of `vehicle-latest` (partitions, decommissions).
+    vehicles: Vehicles,
     stopping: Stopping,
 }
 
@@ -117,8 +120,18 @@ pub(crate) struct Stopping {
 
 impl Ingest {
     /// An ingest of `consumer` (from [`subscribe`]) into `store`, reporting readiness on `health`.
-    pub(crate) fn new(config: Arc<Config>, consumer: Arc<IngestConsumer>, store: Store, metrics: Metrics, health: Health, live: Feeds, stopping: Stopping) -> Self {
-        Ingest { config, consumer, store, metrics, health, live, stopping }
+    #[allow(clippy::too_many_arguments)] // each is a separate shared handle of the tracker
+    pub(crate) fn new(
+        config: Arc<Config>,
+        consumer: Arc<IngestConsumer>,
+        store: Store,
+        metrics: Metrics,
+        health: Health,
+        live: Feeds,
+        vehicles: Vehicles,
+        stopping: Stopping,
+    ) -> Self {
+        Ingest { config, consumer, store, metrics, health, live, vehicles, stopping }
     }
 
     #[tracing::instrument(name = "ingest", skip_all)]
@@ -324,8 +337,9 @@ impl Ingest {
     }
 
     /// Reads `vehicle-latest` whole and moves each vehicle's latest position forward to it, so
-    /// the map is complete at once even when the positions backlog is long. Retries until it
-    /// succeeds; false if the tracker stopped first.
+    /// the map is complete at once even when the positions backlog is long, and takes the
+    /// vehicles it holds a tombstone of off the map. Retries until it succeeds; false if the
+    /// tracker stopped first.
     async fn seed(&self) -> bool {
         let started = Instant::now();
         let mut attempt = 0u32;
@@ -335,10 +349,11 @@ impl Ingest {
             let result = match read {
                 Ok(Ok(latest)) => {
                     self.metrics.latest_seeded.inc_by(latest.records);
-                    let vehicles = latest.positions.len();
+                    let positions = latest.positions();
+                    let gone = latest.decommissioned();
                     let mut changed = 0;
                     let mut failed = None;
-                    for chunk in latest.positions.chunks(1_000) {
+                    for chunk in positions.chunks(1_000) {
                         match self.store.seed_latest(chunk.to_vec()).await {
                             Ok(n) => changed += n,
                             Err(error) => {
@@ -348,9 +363,26 @@ impl Ingest {
                             }
                         }
                     }
+                    for (obu_id, after) in &gone {
+                        if failed.is_some() {
+                            break;
+                        }
+                        if let Err(error) = self.store.decommission(*obu_id, *after).await {
+                            self.metrics.db_errors.with_label_values(&["seed"]).inc();
+                            failed = Some(anyhow::anyhow!("writing the seed's decommissions: {}", error.chain()));
+                        }
+                    }
                     match failed {
                         None => {
-                            tracing::info!(records = latest.records, vehicles, changed, elapsed = ?started.elapsed(), "latest positions seeded from vehicle-latest");
+                            tracing::info!(
+                                records = latest.records,
+                                vehicles = positions.len(),
+                                decommissioned = gone.len(),
+                                changed,
+                                elapsed = ?started.elapsed(),
+                                "latest positions seeded from vehicle-latest"
+                            );
+                            self.vehicles.seeded(latest);
                             Ok(())
                         }
                         Some(e) => Err(e),
@@ -376,11 +408,6 @@ impl Ingest {
     }
 }
 
-/// Whether the databases can hold a position's obu_id, boot and seq (signed 64-bit columns).
-fn storable(p: &ProcessedPosition) -> bool {
-    db_int(p.obu_id).is_ok() && db_int(p.boot).is_ok() && db_int(p.seq).is_ok()
-}
-
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -388,18 +415,13 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-struct LatestSnapshot {
-    records: u64,
-    positions: Vec<ProcessedPosition>,
-}
-
 /// A read that makes no progress for this long fails (and is retried).
 const STALL: Duration = Duration::from_secs(15);
 
 /// Every partition of `vehicle-latest` from the beginning up to its end at the time of the
-/// call; the latest position (highest `(boot, seq)`) per vehicle. No consumer group: nothing is
+/// call, and where each partition is to be followed from. No consumer group: nothing is
 /// committed.
-fn read_latest(config: &Config) -> anyhow::Result<LatestSnapshot> {
+fn read_latest(config: &Config) -> anyhow::Result<Seed> {
     let mut client = config.kafka.client_config();
     client
         .set("group.id", format!("{}-seed", config.group_id))
@@ -415,12 +437,12 @@ fn read_latest(config: &Config) -> anyhow::Result<LatestSnapshot> {
     // is what /readyz shows while this is retried.
     let count = fleetstream_core::kafka::Probe::new(&config.kafka)?.partitions(topic, Duration::from_secs(10))?.unwrap_or(0);
     let partitions: Vec<i32> = (0..count).collect();
-    let mut snapshot = LatestSnapshot { records: 0, positions: Vec::new() };
+    let mut snapshot = Seed::default();
     if partitions.is_empty() {
         tracing::warn!(topic, "the vehicle-latest topic does not exist; starting from the positions topic alone");
         return Ok(snapshot);
     }
-    // Where each partition ends now: later records arrive through the positions topic anyway.
+    // Where each partition ends now: later records are the follower's (latest.rs).
     let mut ends: HashMap<i32, i64> = HashMap::new();
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
@@ -430,7 +452,6 @@ fn read_latest(config: &Config) -> anyhow::Result<LatestSnapshot> {
             tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
         }
     }
-    let mut newest: HashMap<u64, ProcessedPosition> = HashMap::new();
     if !ends.is_empty() {
         reader.assign(&tpl)?;
     }
@@ -440,15 +461,7 @@ fn read_latest(config: &Config) -> anyhow::Result<LatestSnapshot> {
             Some(Ok(m)) => {
                 progress = Instant::now();
                 let (p, offset) = (m.partition(), m.offset());
-                snapshot.records += 1;
-                // A tombstone (no value) or a foreign record is skipped: the positions topic
-                // brings the vehicle back if it moves.
-                if let Some(Ok(latest)) = m.payload().map(serde_json::from_slice::<VehicleLatest>) {
-                    let pos = latest.position;
-                    if storable(&pos) && newest.get(&pos.obu_id).is_none_or(|q| q.order() < pos.order()) {
-                        newest.insert(pos.obu_id, pos);
-                    }
-                }
+                snapshot.take(&m);
                 if ends.get(&p).is_some_and(|end| offset + 1 >= *end) {
                     ends.remove(&p);
                 }
@@ -461,6 +474,14 @@ fn read_latest(config: &Config) -> anyhow::Result<LatestSnapshot> {
             None => {}
         }
     }
-    snapshot.positions = newest.into_values().collect();
+    // The follower goes on where this read stopped (an empty partition: from its beginning).
+    let stopped = reader.position()?;
+    snapshot.resume = partitions
+        .iter()
+        .map(|p| match stopped.find_partition(topic, *p).map(|e| e.offset()) {
+            Some(offset @ Offset::Offset(_)) => (*p, offset),
+            _ => (*p, Offset::Beginning),
+        })
+        .collect();
     Ok(snapshot)
 }

@@ -9,8 +9,10 @@
 //! API. It serves, on one port: the map page (`/`), the API (`/api/...`, see docs/api.md:
 //! vehicles, tracks, events, trips, geofences), the live feeds (`/api/live`, `/api/events/live`,
 //! Server-Sent Events) and `/metrics`, `/healthz`, `/readyz`. Every `/api` route needs a bearer
-//! token with a role (`viewer` reads, `admin` also writes geofences; see `auth.rs` and
-//! docs/security.md); the page and the ops endpoints hold no data and stay open.
+//! token with a role (`viewer` reads, `admin` also writes geofences and decommissions vehicles;
+//! see `auth.rs` and docs/security.md); the page and the ops endpoints hold no data and stay
+//! open. It follows `vehicle-latest` after the seed for tombstones (decommissioned vehicles,
+//! whoever wrote them), and writes them for the API (`latest.rs`).
 //!
 //! ```text
 //! TRACKER_API_TOKENS='s3cret admin' tracker --kafka-brokers 127.0.0.1:9092    # SQLite file in the working dir
@@ -22,6 +24,7 @@ mod auth;
 mod config;
 mod geofences;
 mod ingest;
+mod latest;
 mod live;
 mod metrics;
 pub mod store;
@@ -36,11 +39,13 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
 use axum::routing::get;
 use axum::Router;
+use rdkafka::producer::FutureProducer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use fleetstream_core::http::{ops_router, Health};
 use fleetstream_core::now_ms;
+use fleetstream_core::publish::Publisher;
 
 use geofences::Geofences;
 use ingest::{Ingest, Stopping};
@@ -57,6 +62,8 @@ pub struct Application {
     listener: TcpListener,
     store: Store,
     consumer: Arc<ingest::IngestConsumer>,
+    /// Every write of the tracker: geofences, tombstones.
+    producer: FutureProducer,
     fences: Geofences,
     guard: auth::Guard,
     metrics: Metrics,
@@ -79,7 +86,8 @@ impl Application {
             .await
             .with_context(|| format!("cannot open the database ({})", redact_url(config.database_url.expose())))?;
         let consumer = ingest::subscribe(&config)?;
-        let fences = Geofences::new(&config, metrics.clone())?;
+        let producer: FutureProducer = config.kafka.producer_config(&config.producer).create().context("cannot create the Kafka producer")?;
+        let fences = Geofences::new(&config, metrics.clone(), producer.clone());
 
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         tracing::info!(
@@ -95,7 +103,17 @@ impl Application {
             geofences = %config.geofences_topic,
             "tracker started"
         );
-        Ok(Application { config: Arc::new(config), listener, store, consumer: Arc::new(consumer), fences, guard, metrics, health: Health::new() })
+        Ok(Application {
+            config: Arc::new(config),
+            listener,
+            store,
+            consumer: Arc::new(consumer),
+            producer,
+            fences,
+            guard,
+            metrics,
+            health: Health::new(),
+        })
     }
 
     /// The bound port.
@@ -120,8 +138,11 @@ impl Application {
         let abort = CancellationToken::new();
         // Open feeds end with the HTTP server, so they cannot hold its graceful shutdown.
         let live = Feeds::new(self.config.live_buffer, &self.metrics, stop_http.clone());
+        // Tombstones are written while the API serves.
+        let publisher = Publisher::new(self.producer.clone(), stop_http.clone());
+        let vehicles = latest::Vehicles::new(&self.config, publisher, self.store.clone(), self.metrics.clone(), live.positions.clone());
 
-        let state = api::AppState::new(self.config.clone(), self.store.clone(), self.metrics.clone(), self.fences.clone());
+        let state = api::AppState::new(self.config.clone(), self.store.clone(), self.metrics.clone(), self.fences.clone(), vehicles.clone());
         let router = router(state, &self.guard, live.clone(), self.metrics.clone(), self.health.clone());
         let server_stop = stop_http.clone();
         let server = tokio::spawn(async move { axum::serve(self.listener, router).with_graceful_shutdown(server_stop.cancelled_owned()).await });
@@ -133,9 +154,11 @@ impl Application {
             self.metrics.clone(),
             self.health.clone(),
             live,
+            vehicles.clone(),
             Stopping { drain: stop_ingest.clone(), abort: abort.clone() },
         );
         let ingest = tokio::spawn(ingest.run());
+        let latest_follower = tokio::spawn(vehicles.follow(self.config.clone(), stop_ingest.clone()));
         let pruner = tokio::spawn(prune(self.store.clone(), self.metrics.clone(), self.config.clone(), stop_ingest.clone()));
         let follower = tokio::spawn(self.fences.clone().follow(self.config.clone(), stop_ingest.clone()));
 
@@ -158,6 +181,7 @@ impl Application {
         }
         let _ = pruner.await;
         let _ = follower.await;
+        let _ = latest_follower.await;
         // The last reference: dropping it closes the consumer, which leaves the group at once.
         drop(self.consumer);
         match server.await {
@@ -176,7 +200,7 @@ fn router(state: api::AppState, guard: &auth::Guard, live: Feeds, metrics: Metri
     let api = Router::new()
         .route("/api/config", get(api::map_config))
         .route("/api/vehicles", get(api::vehicles))
-        .route("/api/vehicles/{id}", get(api::vehicle))
+        .route("/api/vehicles/{id}", get(api::vehicle).delete(api::decommission))
         .route("/api/vehicles/{id}/track", get(api::track))
         .route("/api/vehicles/{id}/events", get(api::vehicle_events))
         .route("/api/vehicles/{id}/trips", get(api::trips))

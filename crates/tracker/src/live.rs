@@ -1,7 +1,8 @@
 //! The live feeds, as Server-Sent Events, of what the ingest newly stored, in the order stored:
 //! `GET /api/live`, one `position` event per position (per vehicle: the order of the positions
-//! topic), and `GET /api/events/live`, one `event` per fleet event. One [`LiveFeed`] type serves
-//! both; each route has its own instance as its state.
+//! topic) and one `decommissioned` per vehicle taken off the map, and `GET /api/events/live`, one
+//! `event` per fleet event. One [`LiveFeed`] type serves both; each route has its own instance as
+//! its state.
 //!
 //! SSE rather than WebSocket: the feeds only flow one way, browsers reconnect by themselves
 //! (`EventSource`), and they pass through any HTTP proxy. Each client has a bounded buffer; one
@@ -25,14 +26,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
-/// A live-feed message: one update, already serialized (once for every client).
-type LiveUpdate = Arc<str>;
+/// A live-feed message: one update, already serialized (once for every client), and its SSE
+/// event name.
+#[derive(Debug, Clone)]
+struct LiveUpdate {
+    event: &'static str,
+    data: Arc<str>,
+}
 
 /// One feed: the ingest publishes what it stored, each client reads it through its own buffer
 /// of `--live-buffer` updates.
 #[derive(Debug, Clone)]
 pub(crate) struct LiveFeed {
-    /// The SSE event name of an update.
+    /// The SSE event name of an update (unless published under another one).
     event: &'static str,
     updates: broadcast::Sender<LiveUpdate>,
     clients: IntGauge,
@@ -81,10 +87,18 @@ impl LiveFeed {
             return;
         }
         for item in items {
-            if let Ok(json) = serde_json::to_string(&item) {
-                // An error only means the last client left meanwhile.
-                let _ = self.updates.send(json.into());
-            }
+            self.publish_as(self.event, item);
+        }
+    }
+
+    /// Sends one item as an update named `event` (not the feed's usual one).
+    pub(crate) fn publish_as<T: Serialize>(&self, event: &'static str, item: T) {
+        if self.updates.receiver_count() == 0 {
+            return;
+        }
+        if let Ok(json) = serde_json::to_string(&item) {
+            // An error only means the last client left meanwhile.
+            let _ = self.updates.send(LiveUpdate { event, data: json.into() });
         }
     }
 
@@ -94,7 +108,7 @@ impl LiveFeed {
             return;
         }
         for json in items {
-            let _ = self.updates.send(json.into());
+            let _ = self.updates.send(LiveUpdate { event: self.event, data: json.into() });
         }
     }
 }
@@ -109,7 +123,6 @@ impl Drop for ClientGuard {
 }
 
 struct Client {
-    event: &'static str,
     updates: broadcast::Receiver<LiveUpdate>,
     stop: CancellationToken,
     started: bool,
@@ -122,7 +135,6 @@ pub(crate) async fn serve(State(feed): State<LiveFeed>) -> impl IntoResponse {
     // Subscribed before the response goes out: once a client has the headers, it misses
     // nothing stored after that.
     let client = Client {
-        event: feed.event,
         updates: feed.updates.subscribe(),
         stop: feed.stop.clone(),
         started: false,
@@ -147,7 +159,7 @@ fn stream_of(client: Client, lagged: IntCounter) -> impl Stream<Item = Result<Ev
                 next = c.updates.recv() => next,
             };
             let event = match next {
-                Ok(json) => Event::default().event(c.event).data(&*json),
+                Ok(update) => Event::default().event(update.event).data(&*update.data),
                 Err(RecvError::Lagged(missed)) => {
                     lagged.inc();
                     Event::default().event("lagged").data(format!("{{\"missed\":{missed}}}"))

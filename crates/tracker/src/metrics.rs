@@ -16,6 +16,7 @@ pub struct Metrics {
     pub db_errors: IntCounterVec,
     pub commits: IntCounter,
     pub latest_seeded: IntCounter,
+    pub latest_followed: IntCounter,
     pub api_requests: IntCounterVec,
     pub live_clients: IntGaugeVec,
     pub live_lagged: IntCounterVec,
@@ -30,6 +31,7 @@ pub struct Metrics {
     pub geofence_records_invalid: IntCounter,
     pub geofence_writes: IntCounterVec,
     pub api_auth_refused: IntCounterVec,
+    pub decommissions: IntCounterVec,
 }
 
 impl Metrics {
@@ -45,6 +47,7 @@ impl Metrics {
             db_errors: t::counter_vec(&r, "fleetstream_tracker_db_errors_total", "Failed database operations, by operation.", &["op"]),
             commits: t::counter(&r, "fleetstream_tracker_commits_total", "Offset commits after a batch was durably stored."),
             latest_seeded: t::counter(&r, "fleetstream_tracker_latest_seeded_total", "Records read from vehicle-latest at start-up."),
+            latest_followed: t::counter(&r, "fleetstream_tracker_latest_followed_total", "Records read from vehicle-latest after start-up (following it for tombstones and where vehicles are)."),
             api_requests: t::counter_vec(&r, "fleetstream_tracker_api_requests_total", "HTTP requests, by route template and status code.", &["route", "status"]),
             live_clients: t::gauge_vec(&r, "fleetstream_tracker_live_clients", "Clients connected to a live feed, by feed (positions, events).", &["feed"]),
             live_lagged: t::counter_vec(&r, "fleetstream_tracker_live_lagged_total", "Times a live-feed client fell behind and missed updates, by feed.", &["feed"]),
@@ -59,6 +62,7 @@ impl Metrics {
             geofence_records_invalid: t::counter(&r, "fleetstream_tracker_geofence_records_invalid_total", "Records of the geofences topic that are not a valid fence (ignored)."),
             geofence_writes: t::counter_vec(&r, "fleetstream_tracker_geofence_writes_total", "Geofence writes to Kafka from the API, by op (put, delete) and outcome (ok, failed).", &["op", "outcome"]),
             api_auth_refused: t::counter_vec(&r, "fleetstream_tracker_api_auth_refused_total", "API requests refused, by reason (missing: no token, invalid: unknown token, forbidden: the token's role may not do this).", &["reason"]),
+            decommissions: t::counter_vec(&r, "fleetstream_tracker_decommissions_total", "Decommissions, by source (api: a DELETE /api/vehicles/{id} this tracker answered 204; topic: a tombstone read from vehicle-latest that took a vehicle off this tracker's view, whoever wrote it).", &["source"]),
             registry: r,
         }
         .with_known_labels()
@@ -69,7 +73,7 @@ impl Metrics {
     /// Every bounded label value starts at 0, so /metrics lists the series (and rate() works)
     /// before the first occurrence.
     pub(crate) fn with_known_labels(self) -> Self {
-        for op in ["write", "write_events", "seed", "count", "latest", "vehicle", "track", "events", "trips", "prune"] {
+        for op in ["write", "write_events", "seed", "count", "latest", "vehicle", "known", "track", "events", "trips", "prune", "decommission"] {
             let _ = self.db_errors.with_label_values(&[op]);
         }
         for reason in ["undecodable", "out_of_range"] {
@@ -82,6 +86,9 @@ impl Metrics {
         for feed in ["positions", "events"] {
             let _ = self.live_clients.with_label_values(&[feed]);
             let _ = self.live_lagged.with_label_values(&[feed]);
+        }
+        for source in ["api", "topic"] {
+            let _ = self.decommissions.with_label_values(&[source]);
         }
         for op in ["put", "delete"] {
             for outcome in ["ok", "failed"] {

@@ -267,6 +267,19 @@
     return true;
   }
 
+  // Takes a vehicle off the map and the list: it was decommissioned (its next position, if
+  // any, brings it back).
+  function remove(id) {
+    if (!state.vehicles.has(id)) return;
+    if (state.selected === id) clearSelection();
+    state.vehicles.delete(id);
+    var marker = state.markers.get(id);
+    if (marker) { marker.remove(); state.markers.delete(id); }
+    var li = state.rows.get(id);
+    if (li) { li.remove(); state.rows.delete(id); }
+    renderCounts();
+  }
+
   function fitOnce() {
     if (state.fitted || state.vehicles.size === 0) return;
     var bounds = L.latLngBounds(Array.from(state.vehicles.values()).map(function (v) { return [v.lat, v.lon]; }));
@@ -278,6 +291,9 @@
     return getJSON('/api/vehicles').then(function (body) {
       state.clockOffset = body.generated_at - Date.now();
       body.vehicles.forEach(apply);
+      // What the list no longer has was decommissioned while the feed was down or behind.
+      var listed = new Set(body.vehicles.map(function (v) { return v.obu_id; }));
+      Array.from(state.vehicles.keys()).forEach(function (id) { if (!listed.has(id)) remove(id); });
       sortList();
       renderCounts();
       fitOnce();
@@ -781,6 +797,11 @@
         if (isNew) { sortList(); fitOnce(); }
         renderCounts();
       }
+    });
+    source.addEventListener('decommissioned', function (e) {
+      var gone;
+      try { gone = JSON.parse(e.data); } catch (_) { return; }
+      remove(gone.obu_id);
     });
     // Missed updates: the full list catches up.
     source.addEventListener('lagged', function () { loadVehicles().catch(function () {}); });

@@ -127,6 +127,20 @@ impl Probe {
         }
     }
 
+    /// Like [`Probe::partitions`], but a topic not found is asked for again until `settle` has
+    /// passed: a topic created a moment ago may not be in every broker's metadata yet (seen on
+    /// a three-node cluster under load), and "does not exist" would stop a service for nothing.
+    pub fn partitions_settled(&self, topic: &str, timeout: Duration, settle: Duration) -> anyhow::Result<Option<i32>> {
+        let deadline = std::time::Instant::now() + settle;
+        loop {
+            let found = self.partitions(topic, timeout)?;
+            if found.is_some() || std::time::Instant::now() >= deadline {
+                return Ok(found);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     /// The last refusal, after taking librdkafka's pending reports.
     fn refusal(&self) -> Option<Refusal> {
         self.client.poll(Duration::from_millis(100));

@@ -15,7 +15,10 @@
 //! - `events`: fleet events, one row per `event_id` (deterministic, so an event redelivered or
 //!   computed again is stored once), with the record's JSON as it came in `body`;
 //! - `trips`: one row per `trip` event (same `event_id`), its fields as columns, so trips can be
-//!   asked for by the time they overlap. Pruned with the events.
+//!   asked for by the time they overlap. Pruned with the events;
+//! - `decommissioned`: one row per vehicle taken off the map (a tombstone in `vehicle-latest`),
+//!   with its latest `(boot, seq)` then: positions up to it never put it back into
+//!   `vehicles_latest` (a replay, a new consumer group), a later one does. Its history stays.
 //!
 //! obu_id, boot and seq are u64 on the wire and signed 64-bit integers in both databases: values
 //! above `i64::MAX` cannot be stored (the ingest counts them as skipped, the API refuses such ids).
@@ -28,7 +31,7 @@ use std::sync::Arc;
 
 use fleetstream_core::ProcessedPosition;
 
-pub use self::model::{db_int, Bbox, BboxError, EventQuery, EventRecordError, NewEvent, StoreError, TripRow, WriteOutcome};
+pub use self::model::{db_int, storable, Bbox, BboxError, EventQuery, EventRecordError, NewEvent, StoreError, TripRow, WriteOutcome};
 pub use self::postgres::PgStore;
 pub use self::sqlite::SqliteStore;
 
@@ -99,6 +102,28 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.vehicle(id).await,
             Store::Postgres(s) => s.vehicle(id).await,
+        }
+    }
+
+    /// Whether the tracker knows the vehicle: it has a latest position, or had one until it was
+    /// decommissioned (its history may still be stored).
+    pub async fn known(&self, obu_id: u64) -> Result<bool, StoreError> {
+        let id = db_int(obu_id)?;
+        match self {
+            Store::Sqlite(s) => s.known(id).await,
+            Store::Postgres(s) => s.known(id).await,
+        }
+    }
+
+    /// In one transaction: removes the vehicle's latest position if it is not after `after` (an
+    /// [`ProcessedPosition::order`]; `None`: the stored one), and remembers `after` so that no
+    /// position up to it puts the vehicle back. The history is kept. Whether a latest position was
+    /// removed.
+    pub async fn decommission(&self, obu_id: u64, after: Option<u128>) -> Result<bool, StoreError> {
+        let id = db_int(obu_id)?;
+        match self {
+            Store::Sqlite(s) => s.decommission(id, after).await,
+            Store::Postgres(s) => s.decommission(id, after).await,
         }
     }
 

@@ -221,9 +221,20 @@ pub struct TripRow {
     pub trip: Trip,
 }
 
+/// Whether the databases can hold a position's obu_id, boot and seq (signed 64-bit columns).
+pub fn storable(p: &fleetstream_core::ProcessedPosition) -> bool {
+    db_int(p.obu_id).is_ok() && db_int(p.boot).is_ok() && db_int(p.seq).is_ok()
+}
+
 /// A u64 id or seq as the databases store it.
 pub fn db_int(v: u64) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| StoreError::OutOfRange(v))
+}
+
+/// An order key ([`ProcessedPosition::order`](fleetstream_core::ProcessedPosition::order)) as
+/// the databases store it: `(boot, seq)`, compared as a row value.
+pub(super) fn db_order(order: u128) -> Result<(i64, i64), StoreError> {
+    Ok((db_int((order >> 64) as u64)?, db_int(order as u64)?))
 }
 
 /// Back from the database: never negative, since only `db_int` values are written.
@@ -250,6 +261,9 @@ mod tests {
     fn ids_beyond_i64_are_refused() {
         assert_eq!(db_int(17).expect("17 fits"), 17);
         assert!(matches!(db_int(u64::MAX), Err(StoreError::OutOfRange(_))));
+        let order = fleetstream_core::position::order_key(3, 12);
+        assert_eq!(db_order(order).expect("boot 3 seq 12 fits"), (3, 12));
+        assert!(db_order(fleetstream_core::position::order_key(u64::MAX, 1)).is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use deadpool_postgres::{GenericClient as _, Manager, ManagerConfig, Pool, Recycl
 use fleetstream_core::events::Trip;
 use fleetstream_core::{now_ms, ProcessedPosition};
 
-use super::model::{db_int, from_db, Bbox, EventQuery, NewEvent, SqlArg, StoreError, TripRow, WriteOutcome, TRIP_COLUMNS};
+use super::model::{db_int, db_order, from_db, Bbox, EventQuery, NewEvent, SqlArg, StoreError, TripRow, WriteOutcome, TRIP_COLUMNS};
 
 /// Versioned migrations, applied in order, each once, under an advisory lock so that trackers
 /// starting together do not race.
@@ -102,6 +102,19 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         ALTER TABLE positions DROP CONSTRAINT positions_pkey;
         ALTER TABLE positions ADD PRIMARY KEY (obu_id, boot, seq);
         ALTER TABLE vehicles_latest ADD COLUMN boot BIGINT NOT NULL DEFAULT 0;",
+    ),
+    (
+        4,
+        "decommissioned vehicles",
+        // One row per vehicle ever decommissioned: its latest (boot, seq) then. Positions up to
+        // it were sent before and never bring the vehicle back into vehicles_latest (a replay, a
+        // new consumer group, a batch in hand); a later one does.
+        "CREATE TABLE decommissioned (
+            obu_id BIGINT PRIMARY KEY,
+            boot BIGINT NOT NULL,
+            seq BIGINT NOT NULL,
+            decommissioned_at BIGINT NOT NULL
+        );",
     ),
 ];
 
@@ -388,6 +401,40 @@ impl PgStore {
         }
     }
 
+    pub async fn known(&self, obu_id: i64) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM vehicles_latest WHERE obu_id = $1) OR EXISTS (SELECT 1 FROM decommissioned WHERE obu_id = $1)",
+            )
+            .await?;
+        Ok(client.query_one(&stmt, &[&obu_id]).await?.try_get(0)?)
+    }
+
+    pub async fn decommission(&self, obu_id: i64, after: Option<u128>) -> Result<bool, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let after = match after {
+            Some(order) => Some(db_order(order)?),
+            None => match tx.query_opt("SELECT boot, seq FROM vehicles_latest WHERE obu_id = $1", &[&obu_id]).await? {
+                Some(row) => Some((row.try_get(0)?, row.try_get(1)?)),
+                None => None,
+            },
+        };
+        // Nothing stored and nothing said: nothing to remove, nothing to hold back.
+        let Some((boot, seq)): Option<(i64, i64)> = after else { return Ok(false) };
+        tx.execute(
+            "INSERT INTO decommissioned (obu_id, boot, seq, decommissioned_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (obu_id) DO UPDATE SET boot = EXCLUDED.boot, seq = EXCLUDED.seq, decommissioned_at = EXCLUDED.decommissioned_at
+             WHERE (EXCLUDED.boot, EXCLUDED.seq) > (decommissioned.boot, decommissioned.seq)",
+            &[&obu_id, &boot, &seq, &now_ms()],
+        )
+        .await?;
+        let removed = tx.execute("DELETE FROM vehicles_latest WHERE obu_id = $1 AND (boot, seq) <= ($2, $3)", &[&obu_id, &boot, &seq]).await?;
+        tx.commit().await?;
+        Ok(removed > 0)
+    }
+
     pub async fn track(&self, obu_id: i64, from: i64, to: i64, limit: i64) -> Result<Vec<ProcessedPosition>, StoreError> {
         let client = self.pool.get().await?;
         let stmt = client
@@ -578,10 +625,12 @@ impl PgStore {
 }
 
 async fn upsert_latest(tx: &deadpool_postgres::Transaction<'_>, cols: &Columns) -> Result<u64, StoreError> {
+    // A decommissioned vehicle comes back only with a position after its decommission.
     let upsert = tx
         .prepare_cached(&format!(
             "INSERT INTO vehicles_latest ({COLUMNS}, updated_at)
-             SELECT *, $14::int8 FROM UNNEST({ARRAYS})
+             SELECT u.*, $14::int8 FROM UNNEST({ARRAYS}) AS u({COLUMNS})
+             WHERE NOT EXISTS (SELECT 1 FROM decommissioned d WHERE d.obu_id = u.obu_id AND (d.boot, d.seq) >= (u.boot, u.seq))
              ON CONFLICT (obu_id) DO UPDATE SET
                 boot = EXCLUDED.boot, seq = EXCLUDED.seq, ts = EXCLUDED.ts, lat = EXCLUDED.lat, lon = EXCLUDED.lon,
                 speed = EXCLUDED.speed, heading = EXCLUDED.heading,

@@ -15,7 +15,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension as _, Row};
 use fleetstream_core::events::Trip;
 use fleetstream_core::{now_ms, ProcessedPosition};
 
-use super::model::{db_int, from_db, Bbox, EventQuery, NewEvent, SqlArg, StoreError, TripRow, WriteOutcome, TRIP_COLUMNS};
+use super::model::{db_int, db_order, from_db, Bbox, EventQuery, NewEvent, SqlArg, StoreError, TripRow, WriteOutcome, TRIP_COLUMNS};
 
 /// Versioned migrations, applied in order, each once, each in its own transaction.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -126,6 +126,19 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         CREATE INDEX positions_by_vehicle_time ON positions (obu_id, ts);
         CREATE INDEX positions_by_time ON positions (ts);
         ALTER TABLE vehicles_latest ADD COLUMN boot INTEGER NOT NULL DEFAULT 0;",
+    ),
+    (
+        4,
+        "decommissioned vehicles",
+        // One row per vehicle ever decommissioned: its latest (boot, seq) then. Positions up to
+        // it were sent before and never bring the vehicle back into vehicles_latest (a replay, a
+        // new consumer group, a batch in hand); a later one does.
+        "CREATE TABLE decommissioned (
+            obu_id INTEGER PRIMARY KEY,
+            boot INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            decommissioned_at INTEGER NOT NULL
+        );",
     ),
 ];
 
@@ -254,6 +267,40 @@ impl SqliteStore {
         run(&self.reader, move |conn| {
             let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM vehicles_latest WHERE obu_id = ?1"))?;
             Ok(stmt.query_row([obu_id], |r| row_to_position(r, false)).optional()?)
+        })
+        .await
+    }
+
+    pub async fn known(&self, obu_id: i64) -> Result<bool, StoreError> {
+        run(&self.reader, move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM vehicles_latest WHERE obu_id = ?1) OR EXISTS (SELECT 1 FROM decommissioned WHERE obu_id = ?1)",
+            )?;
+            Ok(stmt.query_row([obu_id], |r| r.get(0))?)
+        })
+        .await
+    }
+
+    pub async fn decommission(&self, obu_id: i64, after: Option<u128>) -> Result<bool, StoreError> {
+        run(&self.writer, move |conn| {
+            let tx = conn.transaction()?;
+            let after = match after {
+                Some(order) => Some(db_order(order)?),
+                None => tx
+                    .query_row("SELECT boot, seq FROM vehicles_latest WHERE obu_id = ?1", [obu_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?,
+            };
+            // Nothing stored and nothing said: nothing to remove, nothing to hold back.
+            let Some((boot, seq)): Option<(i64, i64)> = after else { return Ok(false) };
+            tx.execute(
+                "INSERT INTO decommissioned (obu_id, boot, seq, decommissioned_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (obu_id) DO UPDATE SET boot = excluded.boot, seq = excluded.seq, decommissioned_at = excluded.decommissioned_at
+                 WHERE (excluded.boot, excluded.seq) > (decommissioned.boot, decommissioned.seq)",
+                params![obu_id, boot, seq, now_ms()],
+            )?;
+            let removed = tx.execute("DELETE FROM vehicles_latest WHERE obu_id = ?1 AND (boot, seq) <= (?2, ?3)", params![obu_id, boot, seq])?;
+            tx.commit()?;
+            Ok(removed > 0)
         })
         .await
     }
@@ -472,8 +519,10 @@ fn migrate(conn: &mut Connection, up_to: i64) -> Result<(), StoreError> {
 }
 
 fn upsert_latest(tx: &rusqlite::Transaction<'_>, latest: &[ProcessedPosition]) -> Result<u64, StoreError> {
+    // A decommissioned vehicle comes back only with a position after its decommission.
     let mut upsert = tx.prepare_cached(&format!(
-        "INSERT INTO vehicles_latest ({COLUMNS}, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+        "INSERT INTO vehicles_latest ({COLUMNS}, updated_at) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14
+         WHERE NOT EXISTS (SELECT 1 FROM decommissioned d WHERE d.obu_id = ?1 AND (d.boot, d.seq) >= (?13, ?2))
          ON CONFLICT (obu_id) DO UPDATE SET
             boot = excluded.boot, seq = excluded.seq, ts = excluded.ts, lat = excluded.lat, lon = excluded.lon,
             speed = excluded.speed, heading = excluded.heading,

@@ -16,7 +16,7 @@ use crate::helpers::*;
 const ROUTES: &[(&str, &[Method])] = &[
     ("/api/config", &[Method::GET]),
     ("/api/vehicles", &[Method::GET]),
-    ("/api/vehicles/1", &[Method::GET]),
+    ("/api/vehicles/1", &[Method::GET, Method::DELETE]),
     ("/api/vehicles/1/track", &[Method::GET]),
     ("/api/vehicles/1/events", &[Method::GET]),
     ("/api/vehicles/1/trips", &[Method::GET]),

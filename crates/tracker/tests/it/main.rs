@@ -10,6 +10,7 @@ mod api;
 mod auth;
 mod boots;
 mod cdp;
+mod decommission;
 mod events;
 mod geofences;
 mod helpers;

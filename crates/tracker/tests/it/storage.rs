@@ -206,7 +206,10 @@ async fn migrations_are_versioned_and_applied_once(backend: Backend) {
     let mut first = TestTracker::spawn(&broker, &topics, &db, &[]).await;
     let applied = first.store.migrations().await.unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<(i64, &str)> = applied.iter().map(|(v, name)| (*v, name.as_str())).collect();
-    assert_eq!(names, vec![(1, "positions and vehicles_latest"), (2, "events and trips"), (3, "boot in positions and vehicles_latest")]);
+    assert_eq!(
+        names,
+        vec![(1, "positions and vehicles_latest"), (2, "events and trips"), (3, "boot in positions and vehicles_latest"), (4, "decommissioned vehicles")]
+    );
     first.shutdown().await.unwrap_or_else(|e| panic!("{e:#}"));
     // A restart on the same database finds them applied and keeps the data.
     let producer = broker.producer().unwrap_or_else(|e| panic!("{e}"));
