@@ -10,7 +10,9 @@
    --duration seconds, one WebSocket connection per vehicle, 1% faults and 1% resends. Between
    the end of a warm-up and the end of the fleet, each process's CPU time (/proc/PID/stat) and
    its counter of positions handled give CPU-seconds per position: the vehicles at 1 Hz one core
-   carries. The broker's JVM is measured the same way.
+   carries. The broker's JVM is measured the same way. Before the fleet starts, --idle seconds
+   of the same processes with no traffic give the part of that CPU that does not grow with the
+   fleet (polling, the broker's own work), reported beside.
 2. Disk: once the pipeline is idle, the bytes of each topic's log segments (*.log under the
    broker's data directory) divided by the records written to it (the services' counters),
    and the tracker's SQLite file (after a clean stop) divided by its rows.
@@ -203,6 +205,14 @@ def measure(args, work: Path, procs: Procs) -> dict:
         tracker_p = tracker(procs, "tracker", rel / "tracker", ports["tracker"], brokers, f"sqlite://{db}", "fleetstream-tracker")
         for port in ports.values():
             wait_ready(port, 120)
+        # What the pipeline costs with no fleet at all (polls, the broker's own work): the part
+        # of the fleet window's CPU that does not grow with the positions.
+        idle_pids = {"receiver": receiver.pid, "processor": processor.pid, "tracker": tracker_p.pid, "broker": broker_pid}
+        time.sleep(10)
+        log(f"idle: {args.idle} s without a fleet")
+        i0 = {n: cpu_seconds(p) for n, p in idle_pids.items()}
+        time.sleep(args.idle)
+        idle_share = {n: (cpu_seconds(p) - i0[n]) / args.idle for n, p in idle_pids.items()}
         log(f"fleet: {args.vehicles} vehicles at 1 Hz for {args.duration} s (warm-up {args.warmup} s)")
         sim = procs.start("obu-sim", [rel / "obu-sim", "--url", f"ws://127.0.0.1:{ports['receiver']}/ws", "--vehicles", args.vehicles,
                                       "--interval", "1s", "--duration", f"{args.duration}s", "--invalid-ratio", "0.01",
@@ -225,8 +235,10 @@ def measure(args, work: Path, procs: Procs) -> dict:
         per_service = {}
         for n in handled:
             cpu, positions = cpu1[n] - cpu0[n], count1[n] - count0[n]
+            above_idle = cpu - idle_share[n] * window
             per_service[n] = {"cpu_s": cpu, "positions": positions, "cpu_share": cpu / window,
-                              "per_cpu_s": positions / cpu if cpu else None}
+                              "per_cpu_s": positions / cpu if cpu else None, "idle_share": idle_share[n],
+                              "per_cpu_s_above_idle": positions / above_idle if above_idle > 0 else None}
         per_service["obu-sim"] = {"cpu_s": cpu1["obu-sim"] - cpu0["obu-sim"], "cpu_share": (cpu1["obu-sim"] - cpu0["obu-sim"]) / window}
 
         # Idle: everything acked is processed, everything valid is stored.
@@ -279,11 +291,13 @@ def measure(args, work: Path, procs: Procs) -> dict:
 
 def report(m: dict) -> str:
     out = [f"fleet: {m['vehicles']} vehicles at 1 Hz, CPU measured over {m['window_s']:.0f} s", "",
-           "| process | CPU share of one core | positions | CPU-s | positions per CPU-second (= vehicles at 1 Hz per core) |",
-           "|---|---|---|---|---|"]
+           "| process | CPU share of one core (idle) | positions | CPU-s | positions per CPU-second (= vehicles at 1 Hz per core) | the same, idle CPU left out |",
+           "|---|---|---|---|---|---|"]
     for name, s in m["services"].items():
         per = f"{s['per_cpu_s']:,.0f}" if s.get("per_cpu_s") else "—"
-        out.append(f"| {name} | {s['cpu_share']:.2f} | {s.get('positions', 0):,.0f} | {s['cpu_s']:.1f} | {per} |")
+        marginal = f"{s['per_cpu_s_above_idle']:,.0f}" if s.get("per_cpu_s_above_idle") else "—"
+        idle = f" ({s['idle_share']:.2f})" if "idle_share" in s else ""
+        out.append(f"| {name} | {s['cpu_share']:.2f}{idle} | {s.get('positions', 0):,.0f} | {s['cpu_s']:.1f} | {per} | {marginal} |")
     out += ["", "| topic | records | log bytes | bytes per record |", "|---|---|---|---|"]
     for topic, d in m["disk"].items():
         per = f"{d['per_record']:.0f}" if d["per_record"] else "—"
@@ -308,6 +322,7 @@ def main(argv=None) -> int:
     ap.add_argument("--vehicles", type=int, default=2000)
     ap.add_argument("--duration", type=int, default=90, help="seconds the fleet drives")
     ap.add_argument("--warmup", type=int, default=20, help="seconds before the CPU window starts")
+    ap.add_argument("--idle", type=int, default=30, help="seconds of CPU measured before the fleet starts")
     ap.add_argument("--postgres", action="store_true", help="also the tracker's backlog into PostgreSQL")
     ap.add_argument("--work", type=Path, help="work directory (default: a new one in $TMPDIR)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
