@@ -5,12 +5,13 @@ export KAFKA_BROKERS ?= 127.0.0.1:9092
 # Local runs need no device tokens; the compose file turns authentication on.
 export RECEIVER_AUTH ?= none
 
-.PHONY: help demo test bench broker broker-stop receiver producer consumer tracker dlq build clippy fmt
+.PHONY: help demo test fuzz bench broker broker-stop receiver producer consumer tracker dlq build clippy fmt
 
 help:
 	@echo "make demo       broker + receiver + processor + simulated fleet, with live counts"
 	@echo "make demo-readme  make demo with its defaults, then its counts into the README's example output"
 	@echo "make test       every test (installs the local broker on first use)"
+	@echo "make fuzz       every fuzz target for FUZZ_TIME seconds (default 300; docs/security.md#fuzzing)"
 	@echo "make bench      the benchmark suite; rewrites docs/benchmarks.md and its plots"
 	@echo "make broker     Apache Kafka (one node, scripts/kafka-local run) in the foreground (127.0.0.1:9092)"
 	@echo "make receiver   the WebSocket receiver (ws://127.0.0.1:30000/ws)"
@@ -35,9 +36,15 @@ test:
 	rm -f target/tmp/drills.txt
 	$(CARGO) test --workspace --locked
 	@echo "failover drills:"; cat target/tmp/drills.txt
+	scripts/fuzz --time 20
 	scripts/check-ops
 	PYTHONPATH=scripts python3 -m ops.demo_readme --check
 	scripts/config-docs --check
+
+# Longer than make test's 20 s per target: FUZZ_TIME=3600 make fuzz for a night's run.
+FUZZ_TIME ?= 300
+fuzz:
+	scripts/fuzz --time $(FUZZ_TIME)
 
 bench:
 	scripts/bench

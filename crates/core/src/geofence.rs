@@ -153,7 +153,8 @@ impl Fence {
             value.as_object().ok_or_else(|| FenceError::NotAFeature(format!("got {}", kind(value))))?;
         match feature.get("type") {
             Some(Value::String(t)) if t == "Feature" => {}
-            Some(Value::String(t)) => return Err(FenceError::NotAFeature(format!("type is {t}"))),
+            // Escaped: the message is one line (a log line, a 422 body) whatever the input holds.
+            Some(Value::String(t)) => return Err(FenceError::NotAFeature(format!("type is {}", t.escape_debug()))),
             Some(other) => return Err(FenceError::NotAFeature(format!("type is {other}"))),
             None => return Err(FenceError::NotAFeature("type is missing".into())),
         }
@@ -224,7 +225,7 @@ pub fn parse_collection(value: &Value) -> Result<Vec<Fence>, FenceError> {
         value.as_object().ok_or_else(|| FenceError::NotACollection(format!("got {}", kind(value))))?;
     match collection.get("type") {
         Some(Value::String(t)) if t == "FeatureCollection" => {}
-        Some(Value::String(t)) => return Err(FenceError::NotACollection(format!("type is {t}"))),
+        Some(Value::String(t)) => return Err(FenceError::NotACollection(format!("type is {}", t.escape_debug()))),
         Some(other) => return Err(FenceError::NotACollection(format!("type is {other}"))),
         None => return Err(FenceError::NotACollection("type is missing".into())),
     }
@@ -355,7 +356,7 @@ fn parse_geometry(geometry: &Value, radius_m: Option<f64>) -> Result<(Shape, AAB
         None => return Err(FenceError::Missing("geometry.type".into())),
     };
     if !matches!(kind, "Polygon" | "MultiPolygon" | "Point") {
-        return Err(FenceError::UnsupportedGeometry(kind.to_owned()));
+        return Err(FenceError::UnsupportedGeometry(kind.escape_debug().to_string()));
     }
     let coordinates = object.get("coordinates").ok_or_else(|| FenceError::Missing(COORDS.into()))?;
     if kind == "Point" {
@@ -928,6 +929,21 @@ mod tests {
             json!(300),
         );
         assert!(Fence::from_feature(&with(at_limits, "/id", json!("x".repeat(128))), None).is_ok());
+    }
+
+    /// Found by fuzz/ (target `geofence`): a refusal stays one line, whatever the strings it
+    /// quotes hold.
+    #[test]
+    fn errors_stay_on_one_line() {
+        let found = r#"{"type": "Feature", "id(": "m", "properties": {"name": "M\u00ebhrte\\", "speed_limit_kmh": 50}, "geometry": {"type": "Poly\\\\\\\\\n", "coordinates": [[[[13, 4, 53, 90], [13, 2, 100]]], [[[14,53], [14, 52]]]]}}"#;
+        let found: Value = serde_json::from_str(found).expect("JSON");
+        assert_eq!(
+            error(&found),
+            r"unsupported geometry type Poly\\\\\\\\\n; use Polygon, MultiPolygon, or Point with properties.radius_m"
+        );
+        assert_eq!(error(&json!({ "type": "Feature\n" })), r"not a GeoJSON Feature (type is Feature\n)");
+        let collection = parse_collection(&json!({ "type": "Feature\r\nCollection" })).map_err(|e| e.to_string());
+        assert_eq!(collection, Err(r"not a GeoJSON FeatureCollection (type is Feature\r\nCollection)".to_owned()));
     }
 
     #[test]

@@ -223,11 +223,14 @@ struct MapConfig<'a> {
 
 type RawQuery = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
-/// Query parameters, checked against the names a route accepts.
-struct Params(Vec<(String, String)>);
+/// Query parameters, checked against the names a route accepts. Public, as are the `parse_*`
+/// functions the handlers read them with, so fuzz/ drives the same checks with any query string.
+#[derive(Debug)]
+pub struct Params(Vec<(String, String)>);
 
 impl Params {
-    fn parse(query: RawQuery, allowed: &[&str]) -> Result<Params, ApiError> {
+    /// The query as axum's `Query` extracted it, refused if a name is not `allowed` or repeated.
+    pub fn parse(query: RawQuery, allowed: &[&str]) -> Result<Params, ApiError> {
         let Query(pairs) = query.map_err(|e| ApiError::bad("invalid_query", format!("the query string cannot be read: {}", e.body_text())))?;
         for (i, (name, _)) in pairs.iter().enumerate() {
             if !allowed.contains(&name.as_str()) {
@@ -241,7 +244,8 @@ impl Params {
         Ok(Params(pairs))
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    /// The value of parameter `name`, if given.
+    pub fn get(&self, name: &str) -> Option<&str> {
         self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
@@ -299,7 +303,8 @@ pub fn parse_bbox(raw: &str) -> Result<Bbox, ApiError> {
     Bbox::new(min_lon, min_lat, max_lon, max_lat).map_err(|e| invalid(e.to_string()))
 }
 
-fn parse_bool(name: &str, raw: &str) -> Result<bool, ApiError> {
+/// `true`/`1` or `false`/`0`.
+pub fn parse_bool(name: &str, raw: &str) -> Result<bool, ApiError> {
     match raw {
         "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),
@@ -309,7 +314,7 @@ fn parse_bool(name: &str, raw: &str) -> Result<bool, ApiError> {
 
 /// `from` and `to` of a time range (device time): `to` defaults to now, `from` to an hour
 /// before `to`; `from` may not be after `to`.
-fn parse_range(params: &Params, now: i64) -> Result<(i64, i64), ApiError> {
+pub fn parse_range(params: &Params, now: i64) -> Result<(i64, i64), ApiError> {
     let to = params.get("to").map(|v| parse_time("to", v, now)).transpose()?.unwrap_or(now);
     let from = params.get("from").map(|v| parse_time("from", v, now)).transpose()?.unwrap_or(to.saturating_sub(3_600_000));
     if from > to {
@@ -319,7 +324,7 @@ fn parse_range(params: &Params, now: i64) -> Result<(i64, i64), ApiError> {
 }
 
 /// `limit`: 1 ..= `max`, default `max`.
-fn parse_limit(params: &Params, max: usize) -> Result<usize, ApiError> {
+pub fn parse_limit(params: &Params, max: usize) -> Result<usize, ApiError> {
     match params.get("limit") {
         None => Ok(max),
         Some(raw) => raw
@@ -328,6 +333,24 @@ fn parse_limit(params: &Params, max: usize) -> Result<usize, ApiError> {
             .filter(|n| (1..=max).contains(n))
             .ok_or_else(|| ApiError::bad("invalid_limit", format!("`limit` must be an integer from 1 to {max}, got `{raw}`"))),
     }
+}
+
+/// A track's range (`from` <= `to`) spans at most `max` (`--max-track-range`).
+pub fn check_track_range(from: i64, to: i64, max: Duration) -> Result<(), ApiError> {
+    // `from` and `to` may each be near an end of i64 (`from=-100000000000h&to=<i64::MAX>`):
+    // their distance is counted without overflowing.
+    let span = to.saturating_sub(from);
+    if span > ms(max) {
+        return Err(ApiError::bad(
+            "range_too_large",
+            format!(
+                "the range spans {}; at most {} can be asked at once",
+                humantime::format_duration(Duration::from_millis(u64::try_from(span).unwrap_or(u64::MAX))),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `type`: one event type, or several separated by commas.
@@ -386,20 +409,7 @@ pub(crate) async fn track(State(app): State<AppState>, path: Result<Path<String>
     let params = Params::parse(query, &["from", "to", "limit"])?;
     let id = parse_id(&path_id(path)?)?;
     let (from, to) = parse_range(&params, now_ms())?;
-    let max_range = ms(app.config.max_track_range);
-    // `from` and `to` may each be near an end of i64 (`from=-100000000000h&to=<i64::MAX>`):
-    // their distance is counted without overflowing.
-    let span = to.saturating_sub(from);
-    if span > max_range {
-        return Err(ApiError::bad(
-            "range_too_large",
-            format!(
-                "the range spans {}; at most {} can be asked at once",
-                humantime::format_duration(Duration::from_millis(u64::try_from(span).unwrap_or(u64::MAX))),
-                humantime::format_duration(app.config.max_track_range)
-            ),
-        ));
-    }
+    check_track_range(from, to, app.config.max_track_range)?;
     let limit = parse_limit(&params, app.config.max_track_points)?;
     // A decommissioned vehicle keeps its history until the retention.
     if !app.store.known(id).await.map_err(|e| app.db_error("known", e))? {
