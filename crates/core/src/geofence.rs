@@ -935,7 +935,7 @@ mod tests {
     /// quotes hold.
     #[test]
     fn errors_stay_on_one_line() {
-        let found = r#"{"type": "Feature", "id(": "m", "properties": {"name": "M\u00ebhrte\\", "speed_limit_kmh": 50}, "geometry": {"type": "Poly\\\\\\\\\n", "coordinates": [[[[13, 4, 53, 90], [13, 2, 100]]], [[[14,53], [14, 52]]]]}}"#;
+        let found = r#"{"type": "Feature", "id": "m", "properties": {"name": "M\u00ebhrte\\", "speed_limit_kmh": 50}, "geometry": {"type": "Poly\\\\\\\\\n", "coordinates": [[[[13, 4, 53, 90], [13, 2, 100]]], [[[14,53], [14, 52]]]]}}"#;
         let found: Value = serde_json::from_str(found).expect("JSON");
         assert_eq!(
             error(&found),
