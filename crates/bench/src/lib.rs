@@ -1,6 +1,8 @@
 //! Benchmark tools for `make bench` (scripts/bench drives them; docs/benchmarks.md is their
 //! output). Not part of the product: nothing here is used by a service.
 
+pub mod report;
+
 /// The same position payload the simulator's load mode sends: a slow zig-zag of about a metre
 /// per position, plausible for the processor at any rate.
 pub fn position_json(obu_id: u64, seq: u64, ts: i64, base: (f64, f64)) -> String {

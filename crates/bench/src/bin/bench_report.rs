@@ -8,6 +8,8 @@ use clap::Parser;
 use plotters::prelude::*;
 use serde_json::Value;
 
+use fleetstream_bench::report::{self, median, runs};
+
 #[derive(Debug, Parser)]
 struct Args {
     /// Results JSON written by scripts/bench.
@@ -19,21 +21,6 @@ struct Args {
     /// A TrueType font for the plots' text.
     #[arg(long, default_value = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")]
     font: PathBuf,
-}
-
-fn median(v: &Value) -> f64 {
-    let mut xs: Vec<f64> = v.as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
-    if xs.is_empty() {
-        return v.as_f64().unwrap_or(0.0);
-    }
-    xs.sort_by(|a, b| a.total_cmp(b));
-    xs[xs.len() / 2]
-}
-
-fn runs(v: &Value) -> String {
-    v.as_array()
-        .map(|a| a.iter().filter_map(Value::as_f64).map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(" / "))
-        .unwrap_or_default()
 }
 
 fn main() -> anyhow::Result<()> {
@@ -136,7 +123,7 @@ fn main() -> anyhow::Result<()> {
     writeln!(md, "## Results against the targets\n")?;
     writeln!(md, "| stage | result (median) | runs | target | status |\n|---|---|---|---|---|")?;
     let ratio = if baseline > 0.0 { ingest / baseline } else { 0.0 };
-    let status = |ok: bool| if ok { "met" } else { "**missed**" };
+    let status = report::status;
     writeln!(md, "| 1. raw librdkafka producer (baseline) | {baseline:.0} positions/s | {} | — (the ceiling) | — |", runs(&r["baseline"]["per_s"]))?;
     writeln!(md, "| 2. receiver acked ingest | {ingest:.0} positions/s = **{ratio:.2}×** baseline; ack latency p50 {:.1} ms, p99 {:.1} ms | {} | ≥ 0.5× baseline | {} |",
         median(&r["ingest"]["p50"]), median(&r["ingest"]["p99"]), runs(&r["ingest"]["per_s"]), status(ratio >= 0.5))?;
@@ -165,6 +152,9 @@ fn main() -> anyhow::Result<()> {
             writeln!(md, "| {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |", row["fences"], f("build_ms"), f("far_ns"), f("between_ns"), f("inside_ns"), f("hot_ns"), f("scan_ns"))?;
         }
         writeln!(md)?;
+    }
+    for section in [report::connections::section(&r), report::tracker::section(&r), report::takeover::section(&r)] {
+        md.push_str(&section);
     }
     if let Some(notes) = r["notes"].as_array() {
         writeln!(md, "## Where the time goes\n")?;
