@@ -11,6 +11,7 @@ pub mod geofence;
 pub mod frames;
 pub mod http;
 pub mod kafka;
+pub mod nofile;
 pub mod position;
 pub mod publish;
 pub mod reason;

@@ -1,6 +1,6 @@
 //! The simulator's configuration: every flag is also an environment variable.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -104,6 +104,62 @@ impl FromStr for Area {
     }
 }
 
+/// The local addresses connections are made from (`--source-addresses`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceAddresses(Vec<IpAddr>);
+
+impl SourceAddresses {
+    /// Most addresses one flag may name: a range typo (`127.0.0.1-127.1.0.1`) is refused
+    /// instead of becoming a list of millions.
+    pub const MAX: usize = 65_536;
+
+    /// The address of connection `n`: the addresses in turn.
+    pub fn nth(&self, n: usize) -> IpAddr {
+        self.0[n % self.0.len()]
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromStr for SourceAddresses {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let address = |part: &str| part.trim().parse::<IpAddr>().map_err(|_| format!("`{}` is not an IP address", part.trim()));
+        let mut all = Vec::new();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            match item.split_once('-') {
+                None => all.push(address(item)?),
+                Some((first, last)) => {
+                    let (IpAddr::V4(first), IpAddr::V4(last)) = (address(first)?, address(last)?) else {
+                        return Err(format!("`{item}`: ranges are of IPv4 addresses; list IPv6 addresses one by one"));
+                    };
+                    let (first, last) = (u32::from(first), u32::from(last));
+                    if first > last {
+                        return Err(format!("`{item}`: the range ends before it starts"));
+                    }
+                    if (last - first) as usize >= Self::MAX {
+                        return Err(format!("`{item}`: more than {} addresses", Self::MAX));
+                    }
+                    all.extend((first..=last).map(|a| IpAddr::V4(Ipv4Addr::from(a))));
+                }
+            }
+            if all.len() > Self::MAX {
+                return Err(format!("more than {} addresses", Self::MAX));
+            }
+        }
+        if all.is_empty() {
+            return Err("no address given: a list like 127.0.0.1,127.0.0.2 or a range like 127.0.0.1-127.0.0.8".into());
+        }
+        Ok(SourceAddresses(all))
+    }
+}
+
 /// fleetstream OBU simulator: a fleet of vehicles (or a load generator) streaming positions to
 /// the receiver over WebSocket, resending whatever was not acked.
 #[derive(Debug, Clone, clap::Parser)]
@@ -128,6 +184,13 @@ pub struct Config {
     /// WebSocket connections: 0 = one per vehicle (realistic); N = vehicles multiplexed over N.
     #[arg(long, env = "SIM_CONNECTIONS", default_value_t = 0)]
     pub connections: usize,
+
+    /// Local addresses to connect from, spread over the connections in turn: a list
+    /// (`127.0.0.1,127.0.0.2`) and/or ranges (`127.0.0.1-127.0.0.8`). One source address has
+    /// about 28,000 ephemeral ports towards one receiver (net.ipv4.ip_local_port_range), so
+    /// 100,000 connections on loopback need at least four. Default: the kernel's choice.
+    #[arg(long, env = "SIM_SOURCE_ADDRESSES")]
+    pub source_addresses: Option<SourceAddresses>,
 
     /// The boot number every position carries: a device that restarts counts `seq` from 1 again
     /// under a higher boot, so nothing it sends after a restart is taken for a duplicate.
@@ -297,6 +360,27 @@ mod tests {
         ] {
             let error = bad.parse::<Area>().expect_err(bad);
             assert!(error.starts_with("the area must be MIN_LON,MIN_LAT,MAX_LON,MAX_LAT"), "{bad}: {error}");
+            assert!(error.contains(why), "{bad}: {error:?} lacks {why:?}");
+        }
+    }
+
+    #[test]
+    fn source_addresses_are_lists_and_ranges_taken_in_turn() {
+        let sources: SourceAddresses = "127.0.0.1-127.0.0.3, ::1,10.0.0.255-10.0.1.0".parse().expect("valid");
+        let want = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "::1", "10.0.0.255", "10.0.1.0"];
+        assert_eq!(sources.len(), want.len());
+        for (n, ip) in want.iter().enumerate() {
+            assert_eq!(sources.nth(n).to_string(), *ip, "connection {n}");
+        }
+        assert_eq!(sources.nth(6).to_string(), "127.0.0.1", "then from the start again");
+        for (bad, why) in [
+            ("127.0.0.8-127.0.0.1", "ends before it starts"),
+            ("localhost", "`localhost` is not an IP address"),
+            ("::1-::2", "ranges are of IPv4 addresses"),
+            ("10.0.0.0-10.1.0.0", "more than 65536 addresses"),
+            (" , ", "no address given"),
+        ] {
+            let error = bad.parse::<SourceAddresses>().expect_err(bad);
             assert!(error.contains(why), "{bad}: {error:?} lacks {why:?}");
         }
     }

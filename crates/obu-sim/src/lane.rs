@@ -9,17 +9,21 @@
 //! back-pressure: a lane that stopped reading could never get the acks that free the receiver.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
+use tokio::net::TcpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -118,7 +122,22 @@ pub struct Control {
     pub budget: Option<Arc<AtomicU64>>,
     /// TLS settings for wss:// when a CA was given (else the public web roots).
     pub connector: Option<tokio_tungstenite::Connector>,
+    /// Connection attempts in progress, at most [`HANDSHAKES`]: a fleet of 100,000 would
+    /// otherwise send 100,000 SYNs at once, overflow the receiver's listen backlog and retry
+    /// in waves of timeouts.
+    pub handshakes: Arc<tokio::sync::Semaphore>,
 }
+
+/// Longest a lane sleeps when nothing is due.
+const IDLE_WAKE: Duration = Duration::from_secs(10);
+
+/// Most connection attempts (TCP, TLS and WebSocket handshakes) at once, over all lanes.
+pub const HANDSHAKES: usize = 256;
+
+/// Socket read buffer of each connection. tungstenite's default, 128 KiB, is zero-filled
+/// before the first read: 13 GB for 100,000 idle connections. Acks are small; larger reads
+/// just take several calls.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
 
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -273,7 +292,19 @@ impl Lane {
         if let Some(token) = &self.config.token {
             request.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {}", token.expose()))?);
         }
-        let connect = tokio_tungstenite::connect_async_tls_with_config(request, None, false, self.control.connector.clone());
+        let _permit = tokio::select! {
+            permit = self.control.handshakes.acquire() => permit?,
+            () = self.control.hard_stop.cancelled() => anyhow::bail!("stopped before connecting"),
+        };
+        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
+        let connect = async {
+            let Some(sources) = &self.config.source_addresses else {
+                return Ok(tokio_tungstenite::connect_async_tls_with_config(request, Some(config), false, self.control.connector.clone()).await?);
+            };
+            let source = sources.nth(self.id);
+            let tcp = connect_from(source, request.uri()).await?;
+            anyhow::Ok(tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(config), self.control.connector.clone()).await?)
+        };
         let (ws, _) = tokio::time::timeout(Duration::from_secs(5), connect).await??;
         Ok(ws)
     }
@@ -282,7 +313,10 @@ impl Lane {
     fn next_wake(&self) -> Instant {
         let now = Instant::now();
         let generating = !self.control.stop_generating.is_cancelled();
-        let mut wake = now + Duration::from_millis(500);
+        // Everything else that ends a wait (an answer, a stop, a reconnect) is a branch of the
+        // lane's select!: the fallback only bounds the wait. Short, it would cost an idle fleet
+        // of 100,000 vehicles reporting once a minute 200,000 wake-ups a second.
+        let mut wake = now + IDLE_WAKE;
         if generating {
             match self.config.mode {
                 Mode::Fleet => {
@@ -539,6 +573,22 @@ impl Lane {
     }
 }
 
+/// A TCP connection to the URL's host from `source` (bound before connecting: the kernel
+/// picks the port among those free on that address).
+async fn connect_from(source: IpAddr, uri: &tokio_tungstenite::tungstenite::http::Uri) -> anyhow::Result<tokio::net::TcpStream> {
+    let host = uri.host().context("the URL has no host")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("wss") { 443 } else { 80 });
+    let target = tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| format!("cannot resolve {host}"))?
+        .find(|a| a.is_ipv4() == source.is_ipv4())
+        .with_context(|| format!("{host} has no address of the source address's family ({source})"))?;
+    let socket = if source.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.bind(SocketAddr::new(source, 0)).with_context(|| format!("cannot bind to source address {source}"))?;
+    Ok(socket.connect(target).await?)
+}
+
 fn jittered(rng: &mut StdRng, d: Duration) -> Duration {
     d.mul_f64(rng.random_range(0.5..=1.0))
 }
@@ -581,7 +631,7 @@ mod tests {
     async fn drive(seed: u64) -> Vec<Vec<(f64, u64, f64, f64)>> {
         let config = Config::try_parse_from(["obu-sim", "--vehicles=3", &format!("--seed={seed}"), "--interval=1s", "--jitter=200ms"])
             .unwrap_or_else(|e| panic!("{e}"));
-        let control = Control { stop_generating: CancellationToken::new(), hard_stop: CancellationToken::new(), budget: None, connector: None };
+        let control = Control { stop_generating: CancellationToken::new(), hard_stop: CancellationToken::new(), budget: None, connector: None, handshakes: Arc::new(tokio::sync::Semaphore::new(HANDSHAKES)) };
         let mut lane = Lane::new(0, vec![1, 2, 3], 1, Arc::new(config), Arc::new(Stats::new()), control);
         let start = Instant::now();
         let mut tracks = vec![Vec::new(); 3];
@@ -609,7 +659,7 @@ mod tests {
         let mut all = vec!["obu-sim", "--mode=load", "--rate=0", "--max-in-flight=200", "--vehicles=20"];
         all.extend(args);
         let config = Config::try_parse_from(all).expect("valid flags");
-        let control = Control { stop_generating: CancellationToken::new(), hard_stop: CancellationToken::new(), budget: None, connector: None };
+        let control = Control { stop_generating: CancellationToken::new(), hard_stop: CancellationToken::new(), budget: None, connector: None, handshakes: Arc::new(tokio::sync::Semaphore::new(HANDSHAKES)) };
         let mut lane = Lane::new(0, (1..=20).collect(), 1, Arc::new(config), Arc::new(Stats::new()), control);
         lane.generate();
         lane.vehicles.iter_mut().flat_map(|v| std::mem::take(&mut v.pending)).collect()

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Area, Config, Fault, Mode};
+pub use config::{Area, Config, Fault, Mode, SourceAddresses};
 pub use stats::{AckedSeqs, Stats, Summary};
 
 use lane::{Control, Lane};
@@ -41,6 +41,7 @@ pub async fn run(mut config: Config, stop: impl Future<Output = ()> + Send + 'st
         hard_stop: CancellationToken::new(),
         budget: config.count.map(|c| Arc::new(AtomicU64::new(c))),
         connector: None,
+        handshakes: Arc::new(tokio::sync::Semaphore::new(lane::HANDSHAKES)),
     };
     let metrics_server = match config.metrics_listen {
         Some(addr) => {
@@ -63,6 +64,11 @@ pub async fn run(mut config: Config, stop: impl Future<Output = ()> + Send + 'st
     let mut groups: Vec<Vec<u64>> = vec![Vec::new(); lanes];
     for (i, id) in ids.into_iter().enumerate() {
         groups[i % lanes].push(id);
+    }
+    // A descriptor per connection, and a few for the runtime, the metrics server and logs.
+    fleetstream_core::nofile::raise_and_log("simulator", Some(lanes as u64 + 64));
+    if let Some(sources) = &config.source_addresses {
+        tracing::info!(addresses = sources.len(), "connecting from several source addresses");
     }
     tracing::info!(url = %config.url, mode = ?config.mode, vehicles = config.vehicles, connections = lanes, "simulation starting");
     let started = Instant::now();

@@ -102,6 +102,8 @@ impl std::fmt::Debug for Application {
 impl Application {
     /// Loads tokens, creates the producer and binds the listener (port 0 picks a free port).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // A descriptor per connection, plus the listener, Kafka's sockets and the ops server.
+        fleetstream_core::nofile::raise_and_log("receiver", Some(config.max_connections as u64 + 256));
         let tokens = match config.auth {
             AuthMode::None => {
                 tracing::warn!("device authentication is OFF (--auth none): any client may publish as any vehicle");

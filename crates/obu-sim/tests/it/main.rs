@@ -131,6 +131,27 @@ async fn load_mode_summary_matches_kafka() {
     assert_eq!(summary.duplicates_injected, summary.duplicate_acks);
 }
 
+/// Connections spread over several source addresses: with at most 2 connections per address
+/// at the receiver, 6 vehicles from 3 addresses all connect (from one, 4 would be refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_come_from_every_source_address() {
+    let broker = Broker::shared();
+    let topics = broker.topics(3).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let port = fleetstream_testkit::free_port();
+    let receiver = Receiver::start_with(&broker, &topics, port, &["--max-connections-per-ip=2".into()]).await;
+    let config = sim(&[
+        format!("--url=ws://127.0.0.1:{port}/ws"),
+        "--vehicles=6".into(),
+        "--interval=100ms".into(),
+        "--duration=1s".into(),
+        "--source-addresses=127.0.0.1,127.0.0.2-127.0.0.3".into(),
+    ]);
+    let summary = fleetstream_obu_sim::run(config, std::future::pending()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    receiver.stop().await;
+    assert_eq!((summary.connects, summary.disconnects), (6, 0), "every vehicle connected at once: {summary:#?}");
+    assert!(summary.acked > 0 && summary.acked == summary.generated, "{summary:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_over_wss_with_a_private_ca_and_a_token() {
     let broker = Broker::shared();
