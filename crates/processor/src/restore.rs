@@ -91,12 +91,19 @@ pub fn reader(config: &Config) -> anyhow::Result<Reader> {
 pub(crate) fn restore(reader: &Reader, layout: &Layout, judge: Judge<'_>, partition: i32, resume_from: i64) -> anyhow::Result<PartitionState> {
     let mut state = PartitionState { loaded_at: fleetstream_core::now_ms(), ..PartitionState::default() };
 
+    // Where a restore's time goes (make bench's take-over stage reads the debug line).
+    let started = Instant::now();
+    let (mut latest_records, mut decode) = (0u64, Duration::ZERO);
     let (low, high) = stable_watermarks(reader, layout.latest(), partition)?;
     read_range(reader, layout.latest(), partition, low, high, |m| {
+        let t = Instant::now();
+        latest_records += 1;
         if let Some(latest) = Layout::latest_of(m) {
             state.vehicles.insert(latest.position.obu_id, VehicleState::from_latest(latest));
         }
+        decode += t.elapsed();
     })?;
+    let latest_done = Instant::now();
 
     let tail = scan_tail(reader, layout.positions(), partition, resume_from, |m| Layout::written_offset(m), |m| Layout::position_of(m))?;
     for (src_offset, position) in tail {
@@ -105,9 +112,19 @@ pub(crate) fn restore(reader: &Reader, layout: &Layout, judge: Judge<'_>, partit
             judge::advance(judge, &mut state.vehicles, &p, p.processed_at);
         }
     }
+    let positions_done = Instant::now();
 
     let dead = scan_tail(reader, layout.dlq(), partition, resume_from, |m| layout.dead_lettered_offset(m, partition), |_| ())?;
     state.dead_lettered = dead.into_iter().map(|(offset, ())| offset).collect();
+    tracing::debug!(
+        partition,
+        latest_records,
+        latest_secs = latest_done.duration_since(started).as_secs_f64(),
+        latest_decode_secs = decode.as_secs_f64(),
+        positions_tail_secs = positions_done.duration_since(latest_done).as_secs_f64(),
+        dlq_tail_secs = positions_done.elapsed().as_secs_f64(),
+        "partition state restore phases"
+    );
     Ok(state)
 }
 
