@@ -9,22 +9,24 @@ JSON file with a list of extra notes for the report), BENCH_EXACTLY_ONCE (the pr
 compared, a Markdown table on stdout; docs/processing.md quotes it). The services inherit the environment, but
 every setting that matters is passed as a flag.
 """
+import datetime
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
-import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from ops import kafka_local, promtext
+from ops.services import Postgres, backlog_run, cpu_seconds, free_port, sqlite_version, tracker_command, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 REL = ROOT / "target" / "release"
@@ -37,6 +39,10 @@ N_PROCESSOR = 100_000 if QUICK else 400_000
 RATES = [1_000, 10_000] if QUICK else [1_000, 5_000, 10_000, 20_000, 50_000]
 E2E_SECONDS = 5 if QUICK else 10
 CONNECTIONS = 2_000 if QUICK else 10_000
+N_TRACKER = 50_000 if QUICK else 200_000
+TRACKER_BATCH = 1_000  # the tracker's --batch-size (TRACKER_BATCH_SIZE), its default
+N_TAKEOVER = 10_000 if QUICK else 100_000
+N_TAKEOVER_NEW = 1_000
 SUSTAINED_P99_MS = 500
 FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 WORK = Path(tempfile.gettempdir())  # main() makes the run's own directory
@@ -46,12 +52,6 @@ procs = []
 
 def log(msg):
     print(f"bench: {msg}", file=sys.stderr, flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(cmd, record=True, **kw):
@@ -78,11 +78,6 @@ def stop(p, sig=signal.SIGTERM):
             p.wait()
 
 
-def cpu_seconds(pid):
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def rss_kib(pid):
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -94,18 +89,6 @@ def metric(port, name, labels=None):
     """The sum of a metric's samples (those with `labels`) at 127.0.0.1:PORT; 0 if unreachable."""
     samples = promtext.scrape(f"http://127.0.0.1:{port}/metrics")
     return (promtext.total(samples, name, labels) or 0.0) if samples is not None else 0.0
-
-
-def wait_ready(port, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1).status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"service on {port} not ready")
 
 
 class Broker:
@@ -155,13 +138,14 @@ def receiver(broker, t, port, extra=()):
 EXACTLY_ONCE = os.environ.get("BENCH_EXACTLY_ONCE", "transactions")
 
 
-def processor(broker, t, port):
-    p = start("processor", [REL / "processor", "--listen", f"127.0.0.1:{port}", "--kafka-brokers", broker.brokers,
-                            "--group-id", f"bench-{port}", "--input-topic", t["gpscoords"],
+def processor(broker, t, port, group=None, log_level="warn", name="processor", ready=True):
+    p = start(name, [REL / "processor", "--listen", f"127.0.0.1:{port}", "--kafka-brokers", broker.brokers,
+                            "--group-id", group or f"bench-{port}", "--input-topic", t["gpscoords"],
                             "--positions-topic", t["positions"], "--latest-topic", t["vehicle-latest"],
                             "--dlq-topic", t["gpscoords-dlq"], "--events-topic", t["events"],
-                            "--geofences-topic", t["geofences"], "--exactly-once", EXACTLY_ONCE, "--log-level", "warn"])
-    wait_ready(port)
+                            "--geofences-topic", t["geofences"], "--exactly-once", EXACTLY_ONCE, "--log-level", log_level])
+    if ready:
+        wait_ready(port)
     return p
 
 
@@ -305,6 +289,176 @@ def stage_connections(broker):
     return {"held": held, "rss_before_kib": before, "rss_after_kib": after, "per_conn_kib": per}
 
 
+def tracker_input(broker):
+    """A `positions` topic holding N_TRACKER valid processed positions (1,000 vehicles), made
+    once for the tracker stage's runs: produce-bench fills a raw topic, the processor (Kafka
+    transactions) validates it."""
+    t = broker.topics()
+    run([REL / "produce-bench", "--brokers", broker.brokers, "--topic", t["gpscoords"], "--count", N_TRACKER, "--vehicles", 1000])
+    port = free_port()
+    proc = processor(broker, t, port)
+    deadline = time.time() + 600
+    while metric(port, "fleetstream_processor_positions_valid_total") < N_TRACKER:
+        if time.time() > deadline:
+            raise RuntimeError("tracker input: the processor did not validate the backlog in 600 s")
+        time.sleep(0.2)
+    stop(proc)  # drains: the last batch is committed before it exits
+    log(f"tracker input: {N_TRACKER} positions in {t['positions']}")
+    return t
+
+
+def tracker_postgres():
+    """A throw-away PostgreSQL for the tracker stage (None and why not, if it cannot start)."""
+    try:
+        WORK.chmod(0o755)  # the server runs as the postgres user, its data below WORK
+        pg = Postgres(WORK / "pg", free_port())
+        COMMANDS.append(f"{pg.bin}/initdb -D $WORK/pg/data -U fleetstream --auth=trust")
+        pg.start(start)
+        return pg, None
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+        log(f"tracker: PostgreSQL not measured: {e}")
+        return None, str(e)
+
+
+TRACKER = {}  # the tracker stage's input topics, PostgreSQL and commands, from its first run
+
+
+def commands_since(n):
+    """The commands recorded since COMMANDS[n], each once, with $WORK for the run's directory."""
+    return list(dict.fromkeys(c.replace(str(WORK), "$WORK") for c in COMMANDS[n:]))
+
+
+def stage_tracker(broker, run_no):
+    """Tracker ingest: a tracker with an empty database and a new consumer group stores the
+    whole `positions` topic (N_TRACKER positions) into SQLite, then into PostgreSQL (started
+    at the first run, stopped after the last). {"sqlite": ..., "postgres": ... or the reason
+    it was not measured}."""
+    n0 = len(COMMANDS)
+    if not TRACKER:
+        TRACKER["topics"] = tracker_input(broker)
+        TRACKER["pg"], TRACKER["pg_missing"] = tracker_postgres()
+    t, pg = TRACKER["topics"], TRACKER["pg"]
+    out = {} if pg else {"postgres": {"not_measured": TRACKER["pg_missing"]}}
+    backends = [("sqlite", f"sqlite://{WORK / f'tracker-{run_no}.db'}", lambda: 0.0)]
+    if pg:
+        pg.createdb(f"tracker{run_no}")
+        backends.append(("postgres", pg.url(f"tracker{run_no}"), pg.cpu))
+    for backend, url, extra_cpu in backends:
+        port = free_port()
+        cmd = tracker_command(REL / "tracker", port, broker.brokers, url, f"bench-tracker-{backend}-{run_no}", topics=t,
+                              extra=["--batch-size", TRACKER_BATCH])
+        r = backlog_run(start, stop, cmd, port, f"tracker-{backend}", N_TRACKER, extra_cpu)
+        if backend == "sqlite":
+            db = WORK / f"tracker-{run_no}.db"
+            r["version"] = f"SQLite {sqlite_version(db)}"
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            r["rows"] = con.execute("SELECT count(*) FROM positions").fetchone()[0]
+            con.close()
+        else:
+            r["version"] = f"PostgreSQL {pg.sql('SHOW server_version', f'tracker{run_no}')}"
+            r["rows"] = int(pg.sql("SELECT count(*) FROM positions", f"tracker{run_no}"))
+        log(f"tracker ({r['version']}): {r['steady_per_s']:.0f}/s stored ({r['per_s']:.0f}/s from ready), rows {r['rows']}, "
+            f"mean batch {r['mean_batch'] or 0:.0f}; cpu tracker {r['tracker_cpu_s']:.1f}s database {r['db_cpu_s']:.1f}s")
+        out[backend] = r
+    TRACKER.setdefault("commands", commands_since(n0))
+    if pg and run_no == RUNS - 1:
+        stop(pg.proc, signal.SIGINT)  # a fast shutdown: its backends end with it
+        shutil.rmtree(pg.dir / "data", ignore_errors=True)
+    return out
+
+
+def log_lines(path, messages):
+    """{message: its numeric fields and `at` (Unix seconds)} of the last line of each message
+    in a service's human-readable log."""
+    found = {}
+    for line in Path(path).read_text(errors="replace").splitlines():
+        line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+        for message in messages:
+            if message in line:
+                fields = {k: float(v) for k, v in re.findall(r"(\w+)=([0-9.]+)(?=\s|$)", line)}
+                stamp = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z", line)
+                if stamp:
+                    fields["at"] = (datetime.datetime.fromisoformat(stamp.group(1)).replace(tzinfo=datetime.timezone.utc).timestamp()
+                                    + float(stamp.group(2) or 0))
+                found[message] = fields
+    return found
+
+
+def stage_takeover(broker, run_no):
+    """Partition take-over: a single-partition raw topic holding one position of each of
+    N_TAKEOVER vehicles, processed by a processor that is then stopped; a second processor in
+    the same group takes the partition over: the time to restore its state, and from its start
+    to its first committed batch of new input (N_TAKEOVER_NEW resent positions, which the
+    restored state must recognise as duplicates)."""
+    t = {k: f"takeover-{k}-{run_no}" for k in ("gpscoords", "positions", "vehicle-latest", "gpscoords-dlq", "events", "geofences")}
+    one = kafka_local.KafkaLocal(ROOT, broker.local.dir, broker.local.port, partitions=1, log_level="warn")
+    names = ["--topic-raw", t["gpscoords"], "--topic-positions", t["positions"], "--topic-latest", t["vehicle-latest"],
+             "--topic-dlq", t["gpscoords-dlq"], "topics"]
+    n0 = len(COMMANDS)
+    COMMANDS.append(" ".join(one.command(*names)).replace(str(ROOT) + "/", ""))
+    one(*names)
+    run([REL / "produce-bench", "--brokers", broker.brokers, "--topic", t["gpscoords"], "--count", N_TAKEOVER, "--vehicles", N_TAKEOVER])
+    group = f"bench-takeover-{run_no}"
+    port = free_port()
+    first = processor(broker, t, port, group=group, name=f"takeover-a-{run_no}")
+    deadline = time.time() + 600
+    while metric(port, "fleetstream_processor_positions_valid_total") < N_TAKEOVER:
+        if time.time() > deadline:
+            raise RuntimeError("takeover: the first processor did not process the input in 600 s")
+        time.sleep(0.2)
+    stop(first)  # leaves the group after committing its last batch
+    # New input for the second processor: the first N_TAKEOVER_NEW positions again.
+    run([REL / "produce-bench", "--brokers", broker.brokers, "--topic", t["gpscoords"], "--count", N_TAKEOVER_NEW,
+         "--vehicles", N_TAKEOVER_NEW])
+    port = free_port()
+    began = time.time()
+    # Info for its start, assignment and restore; the restore's phases are a debug line.
+    second = processor(broker, t, port, group=group, log_level="info,fleetstream_processor::restore=debug",
+                       name=f"takeover-b-{run_no}", ready=False)
+    restored = committed = None
+    rss = 0
+    deadline = began + 300
+    while committed is None:
+        if time.time() > deadline or second.poll() is not None:
+            raise RuntimeError("takeover: the second processor committed no batch within 300 s")
+        samples = promtext.scrape(f"http://127.0.0.1:{port}/metrics")
+        now = time.time()
+        if samples is not None:
+            value = lambda name: promtext.total(samples, name) or 0.0
+            if restored is None and value("fleetstream_processor_state_loads_total") >= 1:
+                restored, rss = now, rss_kib(second.pid)
+            if value("fleetstream_processor_commits_total") >= 1:
+                committed = now
+                restored = restored or now
+                rss = rss or rss_kib(second.pid)
+        time.sleep(0.02)
+    deadline = time.time() + 60
+    while metric(port, "fleetstream_processor_records_consumed_total") < N_TAKEOVER_NEW and time.time() < deadline:
+        time.sleep(0.1)
+    duplicates = metric(port, "fleetstream_processor_duplicates_total")
+    valid = metric(port, "fleetstream_processor_positions_valid_total")
+    load_s = metric(port, "fleetstream_processor_state_load_seconds_sum")
+    stop(second)
+    lines = log_lines(WORK / f"takeover-b-{run_no}.log",
+                      ["processor started", "partitions assigned", "partition state restored", "partition state restore phases"])
+    line, phases = lines.get("partition state restored", {}), lines.get("partition state restore phases", {})
+    at = lambda message: lines.get(message, {}).get("at", 0.0) - began if "at" in lines.get(message, {}) else None
+    vehicles = int(line.get("vehicles", 0))
+    secs = line.get("secs", load_s)
+    r = {"vehicles": vehicles, "restore_s": secs, "vehicles_per_s": vehicles / secs if secs else None,
+         # From the log's timestamps (the metrics endpoint answers late while the process starts).
+         "started_s": at("processor started"), "assigned_s": at("partitions assigned"),
+         "restored_s": at("partition state restored") or restored - began, "first_commit_s": committed - began,
+         "phases": {k: phases.get(k) for k in ("latest_records", "latest_secs", "latest_decode_secs", "positions_tail_secs",
+                                                "dlq_tail_secs")},
+         "rss_kib": rss, "new_input": N_TAKEOVER_NEW, "duplicates": duplicates, "valid": valid,
+         "already_written": int(line.get("already_written", 0)), "commands": commands_since(n0)}
+    log(f"takeover: {vehicles} vehicles restored in {secs:.2f} s (phases {r['phases']}); start -> started {r['started_s']} s "
+        f"-> assigned {r['assigned_s']} s -> restored {r['restored_s']:.2f} s -> first commit {r['first_commit_s']:.2f} s; "
+        f"RSS {rss} KiB; new input {valid:.0f} valid {duplicates:.0f} duplicates")
+    return r
+
+
 def missed_latency_note(b, p99):
     """Why end-to-end p99 misses 50 ms at 10k/s, with the run's own figures (`b`: the breakdown
     of the median run at 10k/s)."""
@@ -371,8 +525,8 @@ def main():
                        shell=True, check=True)
     log("building release binaries")
     subprocess.run(["cargo", "build", "--release", "--locked", "-p", "fleetstream-receiver", "-p", "fleetstream-processor",
-                    "-p", "fleetstream-obu-sim", "-p", "fleetstream-bench"], check=True, cwd=ROOT)
-    COMMANDS.append("cargo build --release --locked -p fleetstream-receiver -p fleetstream-processor -p fleetstream-obu-sim -p fleetstream-bench")
+                    "-p", "fleetstream-obu-sim", "-p", "fleetstream-tracker", "-p", "fleetstream-bench"], check=True, cwd=ROOT)
+    COMMANDS.append("cargo build --release --locked -p fleetstream-receiver -p fleetstream-processor -p fleetstream-obu-sim -p fleetstream-tracker -p fleetstream-bench")
     broker = Broker(WORK / "kafka")
     try:
         broker.start()
@@ -385,7 +539,7 @@ def main():
         results = {"machine": machine(broker), "runs": RUNS, "partitions": PARTITIONS}
         log("warm-up")
         stage_baseline(broker)
-        base, ingest, procs_, conns = [], [], [], []
+        base, ingest, procs_, conns, trk, take = [], [], [], [], [], []
         e2e = {r: [] for r in RATES}
         for i in range(RUNS):
             log(f"run {i + 1}/{RUNS}")
@@ -395,6 +549,8 @@ def main():
             for r in RATES:
                 e2e[r].append(stage_e2e(broker, r))
             conns.append(stage_connections(broker))
+            trk.append(stage_tracker(broker, i))
+            take.append(stage_takeover(broker, i))
         results["baseline"] = {"per_s": base, "count": N_BASELINE}
         results["geofences"] = stage_geofences()
         results["ingest"] = {"per_s": [x[0] for x in ingest], "p50": [x[1]["p50"] for x in ingest],
@@ -404,6 +560,10 @@ def main():
                            ("acked_per_s", "arrived", "p50", "p99", "max", "sustained")}} for r in RATES]
         results["connections"] = {"count": CONNECTIONS, **{k: [x[k] for x in conns] for k in
                                   ("held", "rss_before_kib", "rss_after_kib", "per_conn_kib")}}
+        results["tracker_ingest"] = {"count": N_TRACKER, "vehicles": 1000, "batch_size": TRACKER_BATCH,
+                                     **{b: [x[b] for x in trk if b in x] for b in ("sqlite", "postgres")},
+                                     "commands": TRACKER.get("commands", [])}
+        results["takeover"] = {"vehicles": N_TAKEOVER, "new_input": N_TAKEOVER_NEW, "exactly_once": EXACTLY_ONCE, "runs": take}
         ing_cpu = ingest[len(ingest) // 2]
         pr_cpu = procs_[len(procs_) // 2]
         notes = [

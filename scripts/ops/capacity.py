@@ -35,10 +35,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from ops import kafka_local, promtext
-from ops.bench import cpu_seconds, free_port, wait_ready
+from ops.services import Postgres, backlog_run, cpu_seconds, free_port, tracker_command, wait_ready, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPICS = ["gpscoords", "positions", "vehicle-latest", "events", "gpscoords-dlq"]
@@ -86,15 +86,6 @@ def counter(samples, name) -> float:
     return promtext.total(samples, name) or 0.0
 
 
-def wait_until(what, predicate, timeout, step=0.5):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(step)
-    raise RuntimeError(f"timed out waiting for {what}")
-
-
 def topic_bytes(data_dir: Path) -> Dict[str, int]:
     """Bytes of the log segments (*.log) of each pipeline topic, all partitions."""
     out = {t: 0 for t in TOPICS}
@@ -113,80 +104,14 @@ def sqlite_rows(path: Path) -> Dict[str, int]:
         con.close()
 
 
-class Postgres:
-    """A throw-away PostgreSQL server in DIR (run as the postgres user when we are root)."""
-
-    def __init__(self, directory: Path, port: int):
-        self.dir, self.port = directory, port
-        self.bin = self.find_bin()
-        self.proc: Optional[subprocess.Popen] = None
-
-    @staticmethod
-    def find_bin() -> Path:
-        if os.environ.get("PG_BIN"):
-            return Path(os.environ["PG_BIN"])
-        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
-        if not found:
-            raise RuntimeError("PostgreSQL is not installed (scripts/test-deps installs it), or set PG_BIN")
-        return found[-1].parent
-
-    def command(self, program, *args):
-        cmd = [str(self.bin / program), *args]
-        return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--", *cmd] if os.geteuid() == 0 else cmd
-
-    def start(self, procs: Procs):
-        self.dir.mkdir(parents=True)
-        if os.geteuid() == 0:
-            shutil.chown(self.dir, "postgres", "postgres")
-        subprocess.run(self.command("initdb", "-D", str(self.dir / "data"), "-U", "fleetstream", "--auth=trust"),
-                       check=True, capture_output=True)
-        self.proc = procs.start("postgres", self.command("postgres", "-D", str(self.dir / "data"), "-p", str(self.port),
-                                                         "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1"))
-        wait_until("PostgreSQL", lambda: subprocess.run(self.command("pg_isready", "-h", "127.0.0.1", "-p", str(self.port)),
-                                                        capture_output=True).returncode == 0, 60)
-        subprocess.run(self.command("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "fleetstream", "tracker"),
-                       check=True, capture_output=True)
-
-    def url(self):
-        return f"postgres://fleetstream@127.0.0.1:{self.port}/tracker"
-
-    def cpu(self) -> float:
-        """CPU seconds of the server and all its backends (the children of the postmaster)."""
-        total = cpu_seconds(self.proc.pid)
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == self.proc.pid:
-                total += cpu_seconds(stat.parent.name)
-        return total
-
-    def sql(self, query) -> str:
-        r = subprocess.run(self.command("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "fleetstream", "-d", "tracker",
-                                        "-At", "-c", query), check=True, capture_output=True, text=True)
-        return r.stdout.strip()
-
-
 def tracker(procs, name, binary, port, brokers, database_url, group):
-    return procs.start(name, [binary, "--listen", f"127.0.0.1:{port}", "--kafka-brokers", brokers, "--database-url", database_url,
-                              "--group-id", group, "--api-auth", "none", "--log-level", "warn"])
+    return procs.start(name, tracker_command(binary, port, brokers, database_url, group))
 
 
-def backlog_run(procs, args, brokers, name, database_url, total_positions, extra_cpu=lambda: 0.0):
-    """A tracker with an empty database and a new group reads `positions` whole: (positions/s
-    wall, tracker CPU-s, extra CPU-s, seconds)."""
+def backlog(procs, args, brokers, name, database_url, total_positions, extra_cpu=lambda: 0.0):
     port = free_port()
-    t = tracker(procs, name, args.bin / "tracker", port, brokers, database_url, f"capacity-{name}")
-    wait_ready(port, 120)
-    start, cpu0, extra0 = time.time(), cpu_seconds(t.pid), extra_cpu()
-    written = lambda: counter(scrape(port), "fleetstream_tracker_positions_written_total")
-    wait_until(f"{name} to store the backlog", lambda: written() >= total_positions, 600, step=0.2)
-    elapsed = time.time() - start
-    result = {"positions": total_positions, "seconds": elapsed, "per_s": total_positions / elapsed,
-              "tracker_cpu_s": cpu_seconds(t.pid) - cpu0, "db_cpu_s": extra_cpu() - extra0}
-    procs.stop(t)
-    return result
+    cmd = tracker_command(args.bin / "tracker", port, brokers, database_url, f"capacity-{name}")
+    return backlog_run(procs.start, procs.stop, cmd, port, name, total_positions, extra_cpu)
 
 
 def measure(args, work: Path, procs: Procs) -> dict:
@@ -273,12 +198,12 @@ def measure(args, work: Path, procs: Procs) -> dict:
         kafka.stop()
         brokers = kafka.start()
         log(f"tracker backlog run (SQLite): {records['positions']:.0f} positions")
-        backlog = {"sqlite": backlog_run(procs, args, brokers, "tracker-backlog", f"sqlite://{work / 'backlog.db'}", records["positions"])}
+        backlog = {"sqlite": backlog(procs, args, brokers, "tracker-backlog", f"sqlite://{work / 'backlog.db'}", records["positions"])}
         if args.postgres:
             pg = Postgres(work / "pg", free_port())
-            pg.start(procs)
+            pg.start(procs.start)
             log(f"tracker backlog run (PostgreSQL): {records['positions']:.0f} positions")
-            backlog["postgres"] = backlog_run(procs, args, brokers, "tracker-pg", pg.url(), records["positions"], pg.cpu)
+            backlog["postgres"] = backlog(procs, args, brokers, "tracker-pg", pg.url(), records["positions"], pg.cpu)
             backlog["postgres"]["sizes"] = {
                 table: int(pg.sql(f"SELECT pg_total_relation_size('{table}')")) for table in ("positions", "events", "trips")}
             backlog["postgres"]["rows"] = {table: int(pg.sql(f"SELECT count(*) FROM {table}")) for table in ("positions", "events", "trips")}
