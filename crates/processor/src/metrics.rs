@@ -3,6 +3,9 @@
 use fleetstream_core::telemetry::{self as t, LATENCY_BUCKETS};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 
+/// The steps of a batch, as `fleetstream_processor_batch_step_seconds` labels them.
+pub const STEPS: [&str; 5] = ["poll", "decide", "produce", "offsets", "commit"];
+
 #[derive(Debug, Clone)]
 pub struct Metrics {
     pub registry: Registry,
@@ -17,6 +20,7 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     pub batch_seconds: Histogram,
     pub batch_records: Histogram,
+    pub batch_step_seconds: HistogramVec,
     pub end_to_end: HistogramVec,
     pub lag: IntGaugeVec,
     pub rebalances: IntCounterVec,
@@ -45,6 +49,9 @@ impl Metrics {
         for stage in ["produce", "restore", "commit", "abort", "fetch"] {
             m.retries.with_label_values(&[stage]);
         }
+        for step in STEPS {
+            m.batch_step_seconds.with_label_values(&[step]);
+        }
         for kind in ["assign", "revoke"] {
             m.rebalances.with_label_values(&[kind]);
         }
@@ -67,6 +74,7 @@ impl Metrics {
             latest_writes: t::counter(&r, "fleetstream_processor_latest_writes_total", "Records written to the vehicle-latest topic."),
             retries: t::counter_vec(&r, "fleetstream_processor_retries_total", "Retries after a transient failure, by stage.", &["stage"]),
             batch_seconds: t::histogram(&r, "fleetstream_processor_batch_seconds", "Time to validate, write and commit one batch.", LATENCY_BUCKETS),
+            batch_step_seconds: t::histogram_vec(&r, "fleetstream_processor_batch_step_seconds", "Time a batch spends in each step: poll (waiting for and fetching records), decide (validation, state, events), produce (records handed over until all acknowledged; in a transaction this overlaps offsets), offsets (sent to the transaction), commit.", &["step"], LATENCY_BUCKETS),
             batch_records: t::histogram(&r, "fleetstream_processor_batch_records", "Records per batch.", &[1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0]),
             end_to_end: t::histogram_vec(&r, "fleetstream_processor_end_to_end_seconds", "Latency of valid positions up to processing, from the device timestamp or from receipt.", &["from"], LATENCY_BUCKETS),
             lag: t::gauge_vec(&r, "fleetstream_processor_consumer_lag", "Records in the input partition not yet processed (high watermark minus position).", &["partition"]),

@@ -25,7 +25,7 @@ use rand::Rng as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message as _, OwnedMessage};
-use rdkafka::producer::{FutureProducer, Producer as _};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -302,6 +302,9 @@ impl Pipeline {
         while !self.shutdown.is_cancelled() {
             let started = Instant::now();
             let mut batch = self.collect();
+            if !batch.is_empty() {
+                self.step("poll", started);
+            }
             if self.handle_rebalances(&mut batch).is_err() {
                 break;
             }
@@ -543,6 +546,7 @@ impl Pipeline {
         let t_decide = Instant::now();
         let decisions = self.decide(by_partition);
         let timers = if sweep { self.sweep()? } else { TimerEvents::new() };
+        self.step("decide", t_decide);
         timer_partitions.extend(timers.keys());
         if by_partition.is_empty() && timers.is_empty() {
             return Ok(Tally::default());
@@ -619,14 +623,24 @@ impl Pipeline {
     }
 
     /// The transactional commit: outputs, events, latest states and offsets, atomically.
+    ///
+    /// Every record is handed to the producer at once and the offsets go to the transaction
+    /// while their acknowledgements are on the way: atomicity needs no order inside a
+    /// transaction, so a batch costs one produce round trip overlapped with the offsets' two,
+    /// then the commit (instead of outputs, then latest states, then offsets, then commit).
     fn commit_in_transaction(&mut self, by_partition: &ByPartition, decisions: &HashMap<i32, Vec<Decision>>, timers: &TimerEvents, touched: &BTreeSet<i32>) -> Result<Tally, BatchError> {
         let producer = self.publisher.producer().clone();
         let p = producer.clone();
         self.progress.at("begin_transaction");
         bounded("begin_transaction", move || p.begin_transaction())??;
         let result = (|| {
-            let mut tally = self.write_outputs(by_partition, decisions, timers)?;
-            tally.latest = self.write_latest(touched)?;
+            let (mut tally, mut records, events) = self.outputs(by_partition, decisions, timers);
+            records.extend(events);
+            let (latest, written) = self.latest_records(touched);
+            records.extend(latest);
+            let t_produce = Instant::now();
+            let deadline = t_produce + self.config.producer.delivery_timeout;
+            let deliveries = self.enqueue_all(&records, deadline)?;
             let metadata = self.membership()?;
             // The partitions whose timers fired are in too, at the offset already committed:
             // Kafka checks the group generation of every offset commit, so a processor that
@@ -640,11 +654,20 @@ impl Pipeline {
             if offsets.count() > 0 {
                 let p = producer.clone();
                 self.progress.at("send_offsets_to_transaction");
+                let t_offsets = Instant::now();
                 bounded("send_offsets_to_transaction", move || p.send_offsets_to_transaction(&offsets, &metadata, TXN_CALL_TIMEOUT))??;
+                self.step("offsets", t_offsets);
             }
+            // commit_transaction would flush them too; waiting here names a failed record.
+            self.await_all(deliveries, deadline)?;
+            self.step("produce", t_produce);
+            self.mark_clean(&written);
+            tally.latest = written.len() as u64;
             let p = producer.clone();
             self.progress.at("commit_transaction");
+            let t_commit = Instant::now();
             bounded("commit_transaction", move || p.commit_transaction(TXN_CALL_TIMEOUT))??;
+            self.step("commit", t_commit);
             Ok(tally)
         })();
         if let Err(error) = &result {
@@ -701,14 +724,24 @@ impl Pipeline {
     /// states acknowledged, then the offsets. A failed commit is not retried: the next owner
     /// re-reads those records and the restored state recognises them as written.
     fn write_then_commit(&mut self, by_partition: &ByPartition, decisions: &HashMap<i32, Vec<Decision>>, timers: &TimerEvents, touched: &BTreeSet<i32>) -> Result<Tally, BatchError> {
-        let mut tally = self.write_outputs(by_partition, decisions, timers)?;
-        tally.latest = self.write_latest(touched)?;
+        // A position in `positions` then means its events are in `events`, and a latest state
+        // means its positions are written: what the state rebuild relies on.
+        let (mut tally, records, events) = self.outputs(by_partition, decisions, timers);
+        let t_produce = Instant::now();
+        self.send_all(&events)?;
+        self.send_all(&records)?;
+        let (latest, written) = self.latest_records(touched);
+        self.send_all(&latest)?;
+        self.step("produce", t_produce);
+        self.mark_clean(&written);
+        tally.latest = written.len() as u64;
         let offsets = self.offsets_after(by_partition);
         if offsets.count() == 0 {
             return Ok(tally);
         }
+        let t_commit = Instant::now();
         match self.consumer.commit(&offsets, CommitMode::Sync) {
-            Ok(()) => {}
+            Ok(()) => self.step("commit", t_commit),
             Err(error) => {
                 self.metrics.retries.with_label_values(&["commit"]).inc();
                 tracing::warn!(%error, "offset commit failed; these records will be re-read and recognised as already written");
@@ -717,10 +750,9 @@ impl Pipeline {
         Ok(tally)
     }
 
-    /// Writes valid positions, dead letters and events, and waits for every acknowledgement.
-    /// Without transactions the events go first, each acknowledged: a position in `positions`
-    /// then means its events are in `events`, which is what the state rebuild relies on.
-    fn write_outputs(&self, by_partition: &ByPartition, decisions: &HashMap<i32, Vec<Decision>>, timers: &TimerEvents) -> Result<Tally, BatchError> {
+    /// The batch's records: valid positions and dead letters, and the events (of the records
+    /// and of the timers) apart.
+    fn outputs<'a>(&'a self, by_partition: &'a ByPartition, decisions: &'a HashMap<i32, Vec<Decision>>, timers: &'a TimerEvents) -> (Tally, Vec<Outgoing<'a>>, Vec<Outgoing<'a>>) {
         let mut tally = Tally::default();
         let mut records: Vec<Outgoing<'_>> = Vec::new();
         let mut events: Vec<Outgoing<'_>> = Vec::new();
@@ -756,18 +788,12 @@ impl Pipeline {
                 tally.events.push(e.type_name());
             }
         }
-        if self.transactional() {
-            records.append(&mut events);
-        } else {
-            self.send_all(&events)?;
-        }
-        self.send_all(&records)?;
-        Ok(tally)
+        (tally, records, events)
     }
 
-    /// Writes the latest state of every vehicle of these partitions that changed, and waits
-    /// for it.
-    fn write_latest(&mut self, partitions: &BTreeSet<i32>) -> Result<u64, BatchError> {
+    /// The latest state of every vehicle of these partitions that changed, and which vehicles
+    /// those are (for [`Pipeline::mark_clean`] once written).
+    fn latest_records(&self, partitions: &BTreeSet<i32>) -> (Vec<Outgoing<'_>>, Vec<(i32, u64)>) {
         let mut records = Vec::new();
         let mut written: Vec<(i32, u64)> = Vec::new();
         for p in partitions {
@@ -779,35 +805,56 @@ impl Pipeline {
                 written.push((*p, *obu_id));
             }
         }
-        self.send_all(&records)?;
-        for (p, obu_id) in &written {
+        (records, written)
+    }
+
+    fn mark_clean(&mut self, written: &[(i32, u64)]) {
+        for (p, obu_id) in written {
             if let Some(v) = self.partitions.get_mut(p).and_then(|s| s.vehicles.get_mut(obu_id)) {
                 v.dirty = false;
             }
         }
-        Ok(written.len() as u64)
     }
 
-    /// Hands every record to the producer, then waits for every acknowledgement: until the
-    /// first failure (the rest cannot matter: the batch is redone) or the delivery timeout.
-    /// The bound is ours, not only librdkafka's: in a transaction that hit an error, queued
-    /// records may wait for the abort that this wait would hold back.
+    /// Hands every record to the producer, then waits for every acknowledgement.
     fn send_all(&self, records: &[Outgoing<'_>]) -> Result<(), BatchError> {
+        let deadline = Instant::now() + self.config.producer.delivery_timeout;
+        let deliveries = self.enqueue_all(records, deadline)?;
+        self.await_all(deliveries, deadline)
+    }
+
+    /// Hands every record to the producer (waiting while its queue is full, until `deadline`).
+    fn enqueue_all(&self, records: &[Outgoing<'_>], deadline: Instant) -> Result<Vec<DeliveryFuture>, BatchError> {
         self.progress.at("write outputs");
-        let timeout = self.config.producer.delivery_timeout;
-        let deadline = Instant::now() + timeout;
         let publisher = &self.publisher;
         self.runtime.block_on(async {
             let mut deliveries = Vec::with_capacity(records.len());
             for r in records {
-                deliveries.push(delivered(publisher.enqueue(r, deadline).await?));
+                deliveries.push(publisher.enqueue(r, deadline).await?);
             }
-            let all = try_join_all(deliveries);
+            Ok(deliveries)
+        })
+    }
+
+    /// Waits for every acknowledgement: until the first failure (the rest cannot matter: the
+    /// batch is redone) or the delivery timeout. The bound is ours, not only librdkafka's: in
+    /// a transaction that hit an error, queued records may wait for the abort that this wait
+    /// would hold back.
+    fn await_all(&self, deliveries: Vec<DeliveryFuture>, deadline: Instant) -> Result<(), BatchError> {
+        self.progress.at("outputs acknowledged");
+        let timeout = self.config.producer.delivery_timeout;
+        self.runtime.block_on(async {
+            let all = try_join_all(deliveries.into_iter().map(delivered));
             match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline) + Duration::from_secs(5), all).await {
                 Ok(result) => result.map(|_| ()).map_err(BatchError::from),
                 Err(_) => Err(BatchError::Retry(format!("outputs not acknowledged within {timeout:?}"))),
             }
         })
+    }
+
+    /// Observes the time since `since` as a batch step (`metrics::STEPS`).
+    fn step(&self, step: &str, since: Instant) {
+        self.metrics.batch_step_seconds.with_label_values(&[step]).observe(since.elapsed().as_secs_f64());
     }
 
     fn observe_latency(&self, pos: &ProcessedPosition, now: i64) {

@@ -2,6 +2,7 @@
 //! results scripts/ops/bench.py collected (docs/benchmarks.json).
 
 pub mod connections;
+pub mod latency;
 pub mod takeover;
 pub mod tracker;
 
