@@ -215,15 +215,13 @@ impl Connection {
         m.connections_opened.inc();
         let (sink, mut stream) = socket.split();
         let capacity = self.limits.max_in_flight + self.limits.max_positions_per_frame + 2;
-        let (tx, rx) = mpsc::channel(capacity);
         let answers = Answers { metrics: self.metrics.clone(), ingest: self.ingest.clone(), timeout: self.limits.write_timeout, failure: self.write.clone() };
-        let writer = tokio::spawn(write_answers(rx, sink, answers));
+        let mut tx = Answering::Idle { sink, answers, capacity };
 
-        let ending = self.read_frames(&mut stream, &tx).await;
+        let ending = self.read_frames(&mut stream, &mut tx).await;
         m.connections_closed.with_label_values(&[ending.label]).inc();
         let _ = tx.send(Outcome::Close { code: ending.code, reason: ending.reason }).await;
-        drop(tx);
-        let acked = writer.await.unwrap_or(0);
+        let acked = tx.finish().await;
         // The closing handshake: our Close frame is out; read (and drop: they were never
         // answered, so the device still holds them) what the device had already sent, until
         // its Close reply. Closing with unread data would reset the TCP connection and could
@@ -254,7 +252,7 @@ impl Connection {
         );
     }
 
-    async fn read_frames(&mut self, stream: &mut futures_util::stream::SplitStream<WebSocket>, tx: &mpsc::Sender<Outcome>) -> Ending {
+    async fn read_frames(&mut self, stream: &mut futures_util::stream::SplitStream<WebSocket>, tx: &mut Answering) -> Ending {
         let shutdown = self.shutdown.clone();
         let write = self.write.clone();
         let mut credential = self.credential.take();
@@ -296,7 +294,7 @@ impl Connection {
                             "frame exceeds the hard limit of {} bytes; connection closed",
                             self.limits.hard_frame_cap()
                         ));
-                        self.refuse(tx, Refusal::new(rejection)).await;
+                        Box::pin(self.refuse(tx, Refusal::new(rejection))).await;
                         return Ending { code: close_code::MESSAGE_TOO_BIG, reason: "frame too large", label: "frame_too_big" };
                     }
                     ReadFailure::InvalidUtf8 => {
@@ -315,16 +313,19 @@ impl Connection {
                 Some(Ok(message)) => message,
             };
             match message {
+                // Boxed, here and below: what a frame needs while it is handled (parsing,
+                // publishing, a refusal and its DLQ write) is allocated for that frame, not
+                // carried in every idle connection's task.
                 Message::Text(text) => {
                     self.count_frame("text", text.len());
-                    self.handle_text(tx, text.as_str()).await;
+                    Box::pin(self.handle_text(tx, text.as_str())).await;
                 }
                 Message::Binary(bytes) => {
                     self.count_frame("binary", bytes.len());
                     self.metrics.positions_received.inc();
                     self.abuse.record();
                     let rejection = Rejection::new(Reason::BinaryFrame, "binary frames are not accepted; send positions as JSON text frames");
-                    self.refuse(tx, Refusal::new(rejection).keeping(&bytes)).await;
+                    Box::pin(self.refuse(tx, Refusal::new(rejection).keeping(&bytes))).await;
                 }
                 // tungstenite answers pings itself, keeping at most one pong unsent; a flood of
                 // them is a limit violation like any other.
@@ -354,7 +355,7 @@ impl Connection {
         self.metrics.bytes_received.inc_by(len as u64);
     }
 
-    async fn handle_text(&mut self, tx: &mpsc::Sender<Outcome>, text: &str) {
+    async fn handle_text(&mut self, tx: &mut Answering, text: &str) {
         let limits = self.limits;
         if text.len() > limits.max_frame_bytes {
             self.metrics.positions_received.inc();
@@ -421,7 +422,7 @@ impl Connection {
     }
 
     /// Hands one position to Kafka and queues its delivery for the writer.
-    async fn publish(&mut self, tx: &mpsc::Sender<Outcome>, wire: WirePosition, received: Instant, received_ms: i64, index: Option<usize>) {
+    async fn publish(&mut self, tx: &mut Answering, wire: WirePosition, received: Instant, received_ms: i64, index: Option<usize>) {
         let legacy = wire.legacy;
         let last = &mut self.last_legacy_seq;
         // Legacy devices send no seq: use the receive time in microseconds, strictly rising on
@@ -467,7 +468,7 @@ impl Connection {
     }
 
     /// Answers with an error frame; keeps non-retryable input in the DLQ first.
-    async fn refuse(&mut self, tx: &mpsc::Sender<Outcome>, refusal: Refusal<'_>) {
+    async fn refuse(&mut self, tx: &mut Answering, refusal: Refusal<'_>) {
         self.counts.refused += 1;
         let Refusal { rejection, raw, obu_id, seq, index } = refusal;
         self.metrics.positions_refused.with_label_values(&[rejection.reason.as_str()]).inc();
@@ -531,6 +532,45 @@ struct Answers {
     /// `--write-timeout`: longest one answer may wait for the socket.
     timeout: Duration,
     failure: Arc<WriteFailure>,
+}
+
+/// Where the reader's outcomes go: the writer half (a task and its queue) starts with the first
+/// one. Most connections of a large fleet are idle most of the time; the queue's first block
+/// and the task would cost each of them about 5 KiB for nothing.
+// One per connection, in its task: boxing the larger variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Answering {
+    Idle { sink: futures_util::stream::SplitSink<WebSocket, Message>, answers: Answers, capacity: usize },
+    Started { tx: mpsc::Sender<Outcome>, writer: tokio::task::JoinHandle<u64> },
+    /// Only while changing from one to the other.
+    Starting,
+}
+
+impl Answering {
+    /// Queues an outcome for the writer, starting it if need be. Waits while the queue is full.
+    async fn send(&mut self, outcome: Outcome) -> Result<(), mpsc::error::SendError<Outcome>> {
+        if let Answering::Idle { .. } = self {
+            if let Answering::Idle { sink, answers, capacity } = std::mem::replace(self, Answering::Starting) {
+                let (tx, rx) = mpsc::channel(capacity);
+                *self = Answering::Started { tx, writer: tokio::spawn(write_answers(rx, sink, answers)) };
+            }
+        }
+        match self {
+            Answering::Started { tx, .. } => tx.send(outcome).await,
+            Answering::Idle { .. } | Answering::Starting => Err(mpsc::error::SendError(outcome)),
+        }
+    }
+
+    /// Lets the writer finish what is queued; the number of positions it acked.
+    async fn finish(self) -> u64 {
+        match self {
+            Answering::Started { tx, writer } => {
+                drop(tx);
+                writer.await.unwrap_or(0)
+            }
+            Answering::Idle { .. } | Answering::Starting => 0,
+        }
+    }
 }
 
 /// The writer half: answers outcomes in order, then closes the socket.

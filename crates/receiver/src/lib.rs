@@ -51,8 +51,14 @@ pub use config::{AuthMode, Config};
 pub use connection::close_code;
 pub use metrics::Metrics;
 
-/// Socket read buffer and write batching threshold of each WebSocket connection.
-const WS_BUFFER_BYTES: usize = 8 * 1024;
+/// Socket read buffer of each WebSocket connection. tungstenite zero-fills all of it before
+/// the first read, so every idle connection holds it whole; a position is a few hundred bytes,
+/// and a larger frame is read in several calls into a buffer grown to the frame's size.
+const WS_READ_BUFFER_BYTES: usize = 2 * 1024;
+
+/// Write batching threshold of each WebSocket connection (allocated only as answers are
+/// written).
+const WS_WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
 /// Most bytes a WebSocket connection keeps unsent. Answers wait for the socket instead (and
 /// `--write-timeout` ends the wait); this bounds what tungstenite queues by itself: the pongs
@@ -291,12 +297,12 @@ async fn upgrade(
     }
     let hard_cap = shared.limits.hard_frame_cap();
     // tungstenite's default 128 KiB read buffer per connection would dominate the memory of
-    // 10k idle connections; frames larger than the buffer are still read, in several reads.
+    // 100k idle connections; frames larger than the buffer are still read, in several reads.
     let ws = ws
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
-        .read_buffer_size(WS_BUFFER_BYTES)
-        .write_buffer_size(WS_BUFFER_BYTES)
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
         .max_write_buffer_size(WS_MAX_WRITE_BUFFER_BYTES);
     let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
         shared.metrics.connections_refused.with_label_values(&[Reason::TooManyConnections.as_str()]).inc();
