@@ -293,6 +293,11 @@ pub struct Config {
     #[arg(long, env = "SIM_MAX_IN_FLIGHT", default_value_t = 2_000)]
     pub max_in_flight: usize,
 
+    /// Leave acks of the run's first DURATION out of the ack latency (summary and /metrics):
+    /// a fleet connecting is not its steady state. Default: count every ack.
+    #[arg(long, env = "SIM_LATENCY_FROM", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub latency_from: Duration,
+
     /// On stop, how long to wait for outstanding acks before the summary.
     #[arg(long, env = "SIM_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,

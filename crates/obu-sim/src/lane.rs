@@ -544,7 +544,9 @@ impl Lane {
                 match pos.and_then(|pos| v.pending.remove(pos)) {
                     Some(p) => {
                         if let Some(sent) = p.sent_at {
-                            self.stats.record_ack_latency(sent.elapsed());
+                            if self.started.elapsed() >= self.config.latency_from {
+                                self.stats.record_ack_latency(sent.elapsed());
+                            }
                         }
                         v.acked.insert(seq);
                         self.stats.acked.inc();
