@@ -332,6 +332,9 @@ def stage_copy(broker):
     return r["per_s"]
 
 
+CONN_RUNS = []  # one entry per stage_connections run: which of its two figures comes first
+
+
 def stage_connections(broker):
     """Receiver memory per idle connection at CONNECTIONS, and the ack p99 of CONN_ACTIVE vehicles
     at 1/s alone and while the receiver holds CONNECTIONS - CONN_ACTIVE idle ones besides.
@@ -381,10 +384,19 @@ def stage_connections(broker):
             log(f"connections: only {held:.0f} of {n} {what} held")
         return held, time.time() - begun
 
-    # The figure to compare with: the active vehicles alone.
-    r, port = rec()
-    alone, _ = reporting("alone")
-    stop(r)
+    def by_itself():
+        nonlocal port
+        r, port = rec()
+        summary, _ = reporting("alone")
+        stop(r)
+        return summary
+
+    # The figure to compare with: the active vehicles alone; before the other at even runs,
+    # after it at odd ones, so that neither always meets the broker in the same state.
+    CONN_RUNS.append(None)
+    first = len(CONN_RUNS) % 2 == 1
+    port = None
+    alone = by_itself() if first else None
     # CONNECTIONS idle (two fleets, the second stopped for the active one), then the active.
     r, port = rec()
     time.sleep(1)
@@ -403,6 +415,7 @@ def stage_connections(broker):
     loaded, held_loaded = reporting("loaded")
     stop(idle, signal.SIGINT)
     stop(r)
+    alone = alone or by_itself()
     per = (after - before) / max(held, 1)
     p99_alone, p99_loaded = alone["ack_latency_ms"]["p99"], loaded["ack_latency_ms"]["p99"]
     log(f"connections: {held:.0f} held (the first {held_idle:.0f} in {ramp_s:.1f} s), RSS {before} -> {after} KiB, {per:.1f} KiB each; "
