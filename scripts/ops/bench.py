@@ -313,10 +313,16 @@ def stage_floor(broker, rate, hops):
             "--vehicles", min(max(rate // 10, 1000), 10_000)]
     if hops == 2:
         args += ["--to", t["positions"]]
+    cpu0 = (cpu_seconds(broker.pid), children_cpu_seconds())
     r = json.loads(run([REL / "hop-bench", "--brokers", broker.brokers, "latency", *args]))
+    # Per 1,000 records: the broker's CPU, and hop-bench's (producer, copy loop and probe).
+    cpu = {"broker": 1000 * (cpu_seconds(broker.pid) - cpu0[0]) / max(r["sent"], 1),
+           "clients": 1000 * (children_cpu_seconds() - cpu0[1]) / max(r["sent"], 1)}
     lat = r["latency_ms"]
-    log(f"floor {hops} hop(s) at {rate}/s: arrived {r['arrived']}/{r['sent']} p50 {lat['p50']} p99 {lat['p99']} max {lat['max']}")
-    return {"sent": r["sent"], "arrived": r["arrived"], "failed": r["failed"], "p50": lat["p50"], "p99": lat["p99"], "max": lat["max"]}
+    log(f"floor {hops} hop(s) at {rate}/s: arrived {r['arrived']}/{r['sent']} p50 {lat['p50']} p99 {lat['p99']} max {lat['max']}; "
+        f"cpu per 1k: broker {cpu['broker']:.3f}s clients {cpu['clients']:.3f}s")
+    return {"sent": r["sent"], "arrived": r["arrived"], "failed": r["failed"], "p50": lat["p50"], "p99": lat["p99"], "max": lat["max"],
+            "cpu_per_1k": cpu}
 
 
 def stage_copy(broker):
@@ -714,7 +720,7 @@ def main():
         results["e2e"] = [{"rate": r, "vehicles": e2e[r][0]["vehicles"], **{k: [x[k] for x in e2e[r]] for k in
                            ("acked_per_s", "arrived", "p50", "p99", "max", "sustained", "cpu_per_1k")},
                            "steps_ms": [x["breakdown"]["steps_ms"] for x in e2e[r]],
-                           "floors": {f"{h}": {k: [x[k] for x in floors[r][h]] for k in ("sent", "arrived", "failed", "p50", "p99", "max")}
+                           "floors": {f"{h}": {k: [x[k] for x in floors[r][h]] for k in ("sent", "arrived", "failed", "p50", "p99", "max", "cpu_per_1k")}
                                       for h in (1, 2)}} for r in RATES]
         results["connections"] = {"count": CONNECTIONS, "active": CONN_ACTIVE, "active_seconds": CONN_SECONDS,
                                   "limits": conns[0]["limits"], **{k: [x[k] for x in conns] for k in conns[0] if k != "limits"}}

@@ -333,7 +333,8 @@ impl Pipeline {
         outcome
     }
 
-    /// Polls up to `batch_size` records or `batch_wait`, stopping early on a rebalance.
+    /// Polls up to `batch_size` records: those fetched already, and more for up to `batch_wait`
+    /// from the start; stops early on a rebalance.
     fn collect(&mut self) -> Vec<OwnedMessage> {
         self.progress.at("poll");
         let mut batch = Vec::new();
@@ -356,8 +357,9 @@ impl Pipeline {
             if self.events.pending() {
                 break;
             }
-            let Some(left) = self.config.batch_wait.checked_sub(started.elapsed()) else { break };
-            timeout = left;
+            // Within --batch-wait, wait for more; after it, take only what was already fetched
+            // (a record arriving during the previous batch's commit joins this one).
+            timeout = self.config.batch_wait.saturating_sub(started.elapsed());
         }
         batch
     }

@@ -81,11 +81,11 @@ pub fn section(results: &Value) -> anyhow::Result<String> {
     }
     writeln!(md, "### CPU per stage\n")?;
     writeln!(md, "CPU-seconds each process used per 1,000 positions while the end-to-end stage ran (from /proc, median run; the simulator and the probe are not counted). The receiver's figure includes TLS-free WebSocket parsing, validation of the frame, and its Kafka producer; the processor's, its consumer, validation, state, events and transactions; the broker's, everything it served to both.\n")?;
-    writeln!(md, "| rate/s | receiver | processor | broker | total |\n|---|---|---|---|---|")?;
+    writeln!(md, "| rate/s | receiver | processor | broker | total | floor 2: broker | floor 2: its clients (producer, copy loop, probe) |\n|---|---|---|---|---|---|---|")?;
     for r in &rates {
-        let cpu = |k: &str| median(&Value::Array(r.e2e["cpu_per_1k"].as_array().map(|a| a.iter().map(|x| x[k].clone()).collect()).unwrap_or_default()));
-        let (rec, pro, bro) = (cpu("receiver"), cpu("processor"), cpu("broker"));
-        writeln!(md, "| {:.0} | {rec:.3} | {pro:.3} | {bro:.3} | {:.3} |", r.rate, rec + pro + bro)?;
+        let cpu = |v: &Value, k: &str| median(&Value::Array(v["cpu_per_1k"].as_array().map(|a| a.iter().map(|x| x[k].clone()).collect()).unwrap_or_default()));
+        let (rec, pro, bro) = (cpu(r.e2e, "receiver"), cpu(r.e2e, "processor"), cpu(r.e2e, "broker"));
+        writeln!(md, "| {:.0} | {rec:.3} | {pro:.3} | {bro:.3} | {:.3} | {:.3} | {:.3} |", r.rate, rec + pro + bro, cpu(r.floor2, "broker"), cpu(r.floor2, "clients"))?;
     }
     writeln!(md)?;
     Ok(md)
