@@ -693,8 +693,15 @@ def main():
             compare_modes(broker)
             return
         results = {"machine": machine(broker), "runs": RUNS, "partitions": PARTITIONS}
+        # Warm-up, not reported: the broker is a JVM whose JIT compiler alone takes about a core
+        # for its first minutes (seen per thread in /proc); every path measured later (produce,
+        # fetch, consumer groups, transactions) runs once first.
         log("warm-up")
         stage_baseline(broker)
+        stage_processor(broker)
+        for hops in (1, 2):
+            stage_floor(broker, RATES[-1], hops)
+        stage_e2e(broker, RATES[-1])
         base, ingest, procs_, copies, conns, trk, take = [], [], [], [], [], [], []
         e2e = {r: [] for r in RATES}
         floors = {r: {1: [], 2: []} for r in RATES}
