@@ -281,8 +281,10 @@ impl KafkaArgs {
             .set("partition.assignment.strategy", "cooperative-sticky")
             // Kafka answers a fetch as soon as it has data (fetch.min.bytes 1); this bounds how
             // long a fetch that finds none is held (librdkafka's default: 500 ms), which a seek
-            // or a new assignment otherwise waits behind.
-            .set("fetch.wait.max.ms", "10")
+            // or a new assignment otherwise waits behind. Not less: every empty fetch costs the
+            // broker a request, and at 10 ms an idle processor alone kept a quarter of a core of
+            // the benchmark machine's broker busy (docs/benchmarks.md).
+            .set("fetch.wait.max.ms", "100")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000");
         self.apply_overrides(&mut config);
