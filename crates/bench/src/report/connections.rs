@@ -10,6 +10,8 @@ use super::{median, runs, runs_with, status};
 
 /// Most receiver memory (RSS growth divided by connections held) per idle connection, KiB.
 const PER_CONNECTION_KIB: f64 = 16.0;
+/// Idle connections one receiver must hold (the issue's target; the bench measures fewer only when the open-file limit cannot be raised).
+const TARGET_CONNECTIONS: f64 = 100_000.0;
 /// Most ack p99 beside the idle connections, as a multiple of the same vehicles' p99 alone.
 const RATIO: f64 = 2.0;
 
@@ -42,8 +44,22 @@ fn write_section(md: &mut String, c: &Value) -> std::fmt::Result {
          latency is the simulator's, from writing a position to reading its ack, over {} s of reporting (connecting included).\n",
         c["active_seconds"]
     )?;
+    if count < TARGET_CONNECTIONS {
+        writeln!(
+            md,
+            "**Not measured at the target of {TARGET_CONNECTIONS:.0} connections:** this machine's open-file limit ({} per \
+             process, which the bench could not raise) allowed {count:.0}; the bench measures {TARGET_CONNECTIONS:.0} where \
+             `ulimit -Hn` can be raised (README, \"Many connections\").\n",
+            c["limits"]["nofile"].as_f64().map(|n| format!("{n:.0}")).unwrap_or_else(|| "?".into())
+        )?;
+    }
     writeln!(md, "| measure | median | runs | target | status |\n|---|---|---|---|---|")?;
-    writeln!(md, "| connections held | {held:.0} | {} | {count:.0} | {} |", runs(&c["held"]), status(held >= count))?;
+    writeln!(
+        md,
+        "| connections held | {held:.0} | {} | {TARGET_CONNECTIONS:.0} | {} |",
+        runs(&c["held"]),
+        if count < TARGET_CONNECTIONS { "**not measured** (open-file limit)" } else { status(held >= count) }
+    )?;
     writeln!(
         md,
         "| receiver memory per idle connection | {per:.1} KiB (RSS {:.0} → {:.0} MiB) | {} | ≤ {PER_CONNECTION_KIB:.0} KiB | {} |",
