@@ -3,6 +3,39 @@
 
 pub mod report;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::ClientContext;
+
+/// A producer context that counts deliveries: the floors must lose nothing either.
+#[derive(Debug, Default)]
+pub struct Counting {
+    pub delivered: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl Counting {
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
+impl ClientContext for Counting {}
+impl ProducerContext for Counting {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.delivered.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
 /// The same position payload the simulator's load mode sends: a slow zig-zag of about a metre
 /// per position, plausible for the processor at any rate.
 pub fn position_json(obu_id: u64, seq: u64, ts: i64, base: (f64, f64)) -> String {

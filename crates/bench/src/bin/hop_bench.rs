@@ -13,7 +13,7 @@
 //!
 //! Prints one JSON object.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,9 +22,10 @@ use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
 
+use fleetstream_bench::Counting;
 use fleetstream_core::kafka::{KafkaArgs, ProducerArgs};
 
 #[derive(Debug, Parser)]
@@ -70,23 +71,6 @@ enum Command {
     },
 }
 
-/// Counts deliveries (the floors must lose nothing either).
-#[derive(Default)]
-struct Counting {
-    delivered: AtomicU64,
-    failed: AtomicU64,
-}
-
-impl ClientContext for Counting {}
-impl ProducerContext for Counting {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => self.delivered.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
-        };
-    }
-}
 
 struct Clients {
     kafka: KafkaArgs,
@@ -193,8 +177,8 @@ fn copy(clients: &Clients, from: &str, to: &str, count: u64) -> anyhow::Result<s
     let ctx = producer.context();
     Ok(serde_json::json!({
         "copied": n,
-        "delivered": ctx.delivered.load(Ordering::Relaxed),
-        "failed": ctx.failed.load(Ordering::Relaxed),
+        "delivered": ctx.delivered(),
+        "failed": ctx.failed(),
         "elapsed_s": elapsed,
         "per_s": if elapsed > 0.0 { n as f64 / elapsed } else { 0.0 },
     }))
@@ -238,7 +222,7 @@ fn latency(clients: &Clients, from: &str, to: Option<&str>, read: &str, rate: u6
     let copier = to.map(|to| {
         let (stop, from, to) = (stop.clone(), from.to_string(), to.to_string());
         let clients = Clients { kafka: clients.kafka.clone(), producer: clients.producer.clone() };
-        std::thread::spawn(move || copy_loop(&clients, &from, &to, &stop, None).map(|(n, p, _)| (n, p.context().failed.load(Ordering::Relaxed))))
+        std::thread::spawn(move || copy_loop(&clients, &from, &to, &stop, None).map(|(n, p, _)| (n, p.context().failed())))
     });
     let total = (rate as f64 * seconds) as u64;
     let producer = clients.producer()?;
@@ -265,7 +249,7 @@ fn latency(clients: &Clients, from: &str, to: Option<&str>, read: &str, rate: u6
                 std::thread::sleep(Duration::from_millis(1));
             }
             let _ = producer.flush(Duration::from_secs(30));
-            (sent, producer.context().failed.load(Ordering::Relaxed))
+            (sent, producer.context().failed())
         })
     };
     let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;

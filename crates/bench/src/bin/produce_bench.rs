@@ -2,13 +2,13 @@
 //! same linger and compression, same payloads, key = obu_id), as fast as it can go. Also fills
 //! the raw topic for the processor stage, with a share of invalid and duplicate records.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientConfig, ClientContext};
+use fleetstream_bench::Counting;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::ClientConfig;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -33,25 +33,10 @@ struct Args {
     compression: String,
 }
 
-struct Counting {
-    delivered: AtomicU64,
-    failed: AtomicU64,
-}
-
-impl ClientContext for Counting {}
-impl ProducerContext for Counting {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => self.delivered.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
-        };
-    }
-}
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let context = Counting { delivered: AtomicU64::new(0), failed: AtomicU64::new(0) };
+    let context = Counting::default();
     let producer: ThreadedProducer<Counting> = ClientConfig::new()
         .set("bootstrap.servers", &args.brokers)
         .set("enable.idempotence", "true")
@@ -94,13 +79,13 @@ fn main() -> anyhow::Result<()> {
     producer.flush(Duration::from_secs(60))?;
     let elapsed = started.elapsed().as_secs_f64();
     let ctx = producer.context();
-    let delivered = ctx.delivered.load(Ordering::Relaxed);
+    let delivered = ctx.delivered();
     println!(
         "{}",
         serde_json::json!({
             "count": args.count,
             "delivered": delivered,
-            "failed": ctx.failed.load(Ordering::Relaxed),
+            "failed": ctx.failed(),
             "invalid": invalid,
             "duplicates": duplicates,
             "elapsed_s": elapsed,

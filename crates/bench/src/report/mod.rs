@@ -6,6 +6,8 @@ pub mod latency;
 pub mod takeover;
 pub mod tracker;
 
+use std::fmt::Write as _;
+
 use serde_json::Value;
 
 /// The median of a list of runs (or the number itself).
@@ -37,4 +39,14 @@ pub fn status(ok: bool) -> &'static str {
     } else {
         "**missed**"
     }
+}
+
+/// A section's commands as a shell block under `heading`; nothing when there are none.
+pub fn commands(md: &mut String, heading: &str, commands: &Value) -> std::fmt::Result {
+    let Some(cmds) = commands.as_array().filter(|a| !a.is_empty()) else { return Ok(()) };
+    writeln!(md, "\n{heading}\n\n```sh")?;
+    for c in cmds {
+        writeln!(md, "{}", c.as_str().unwrap_or(""))?;
+    }
+    writeln!(md, "```")
 }

@@ -79,13 +79,7 @@ fn write(t: &Value, rs: &[Value], md: &mut String) -> std::fmt::Result {
             p("dlq_tail_secs")
         )?;
     }
-    if let Some(cmds) = rs[0]["commands"].as_array().filter(|a| !a.is_empty()) {
-        writeln!(md, "\nCommands (the first run; ports are free ones):\n\n```sh")?;
-        for c in cmds {
-            writeln!(md, "{}", c.as_str().unwrap_or(""))?;
-        }
-        writeln!(md, "```")?;
-    }
+    super::commands(md, "Commands (the first run; ports are free ones):", &rs[0]["commands"])?;
     writeln!(md)
 }
 

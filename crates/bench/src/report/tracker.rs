@@ -69,13 +69,7 @@ fn write(t: &Value, md: &mut String) -> std::fmt::Result {
             runs(&column(rs, "rows")),
         )?;
     }
-    if let Some(cmds) = t["commands"].as_array().filter(|a| !a.is_empty()) {
-        writeln!(md, "\nCommands (the first run; $WORK is the bench's directory, ports are free ones):\n\n```sh")?;
-        for c in cmds {
-            writeln!(md, "{}", c.as_str().unwrap_or(""))?;
-        }
-        writeln!(md, "```")?;
-    }
+    super::commands(md, "Commands (the first run; $WORK is the bench's directory, ports are free ones):", &t["commands"])?;
     writeln!(md)
 }
 
