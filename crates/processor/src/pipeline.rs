@@ -49,6 +49,9 @@ use crate::config::Config;
 /// How often vehicles are checked for silence (`offline`).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// How often a wait for acknowledgements wakes the producer's broker threads (see `await_all`).
+const WAKE_EVERY: Duration = Duration::from_millis(5);
+
 /// A partition with a backlog that delivers nothing for this long is sought again.
 const STALLED_FETCH: Duration = Duration::from_secs(30);
 
@@ -80,7 +83,13 @@ impl Clients {
             producer_config
                 .set("transactional.id", id)
                 .set("transaction.timeout.ms", timeout.to_string())
-                .set("message.timeout.ms", delivery.to_string());
+                .set("message.timeout.ms", delivery.to_string())
+                // A batch's offsets often reach the coordinator while the previous commit's
+                // markers are still being written: Kafka answers CONCURRENT_TRANSACTIONS, and
+                // librdkafka 2.12 retries AddOffsetsToTxn after retry.backoff.ms (100 ms by
+                // default; it uses 20 ms for AddPartitionsToTxn, as the Java client does). About
+                // once a second at 1k positions/s in the processor's librdkafka debug log (eos).
+                .set("retry.backoff.ms", "20");
             config.kafka.apply_overrides(&mut producer_config);
         }
         let producer = match transactional_id {
@@ -845,11 +854,26 @@ impl Pipeline {
     fn await_all(&self, deliveries: Vec<DeliveryFuture>, deadline: Instant) -> Result<(), BatchError> {
         self.progress.at("outputs acknowledged");
         let timeout = self.config.producer.delivery_timeout;
+        let producer = self.publisher.producer();
         self.runtime.block_on(async {
             let all = try_join_all(deliveries.into_iter().map(delivered));
-            match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline) + Duration::from_secs(5), all).await {
-                Ok(result) => result.map(|_| ()).map_err(BatchError::from),
-                Err(_) => Err(BatchError::Retry(format!("outputs not acknowledged within {timeout:?}"))),
+            tokio::pin!(all);
+            let give_up = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline) + Duration::from_secs(5));
+            tokio::pin!(give_up);
+            let mut wake = tokio::time::interval(WAKE_EVERY);
+            loop {
+                tokio::select! {
+                    result = &mut all => return result.map(|_| ()).map_err(BatchError::from),
+                    () = &mut give_up => return Err(BatchError::Retry(format!("outputs not acknowledged within {timeout:?}"))),
+                    // In a transaction, a partition's records wait until librdkafka has
+                    // registered it with the coordinator, and nothing wakes the broker thread
+                    // when that completes: the records then sat until its next wake-up, about
+                    // 100 ms later, in about one batch a second at 1k positions/s (its eos debug
+                    // log). A flush that does not wait is such a wake-up.
+                    _ = wake.tick() => {
+                        let _ = producer.flush(Duration::ZERO);
+                    }
+                }
             }
         })
     }
