@@ -5,7 +5,8 @@ pub mod report;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::message::ToBytes;
 use rdkafka::ClientContext;
 
 /// A producer context that counts deliveries: the floors must lose nothing either.
@@ -22,6 +23,20 @@ impl Counting {
 
     pub fn failed(&self) -> u64 {
         self.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// Hands a record to the producer, waiting while its queue is full (a benchmark pushes as fast
+/// as librdkafka takes them).
+pub fn send_waiting<K: ToBytes + ?Sized, P: ToBytes + ?Sized>(producer: &ThreadedProducer<Counting>, mut record: BaseRecord<'_, K, P>) {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, back)) => {
+                record = back;
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+        }
     }
 }
 

@@ -147,15 +147,7 @@ fn copy_loop(clients: &Clients, from: &str, to: &str, stop: &AtomicBool, until: 
                 if let Some(k) = m.key() {
                     record = record.key(k);
                 }
-                loop {
-                    match producer.send(record) {
-                        Ok(()) => break,
-                        Err((_, back)) => {
-                            record = back;
-                            std::thread::sleep(Duration::from_micros(100));
-                        }
-                    }
-                }
+                fleetstream_bench::send_waiting(&producer, record);
                 n += 1;
             }
             Some(Err(e)) => eprintln!("hop-bench: consumer: {e}"),

@@ -65,16 +65,7 @@ fn main() -> anyhow::Result<()> {
             duplicates += 1;
         }
         let key = obu.to_string();
-        let mut record = BaseRecord::to(&args.topic).key(&key).payload(&payload);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-            }
-        }
+        fleetstream_bench::send_waiting(&producer, BaseRecord::to(&args.topic).key(&key).payload(&payload));
     }
     producer.flush(Duration::from_secs(60))?;
     let elapsed = started.elapsed().as_secs_f64();
