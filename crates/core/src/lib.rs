@@ -12,6 +12,7 @@ pub mod frames;
 pub mod http;
 pub mod kafka;
 pub mod nofile;
+pub mod otel;
 pub mod position;
 pub mod publish;
 pub mod reason;

@@ -38,6 +38,10 @@ pub mod headers {
     pub const SRC_PARTITION: &str = "fleetstream.src.partition";
     /// On `positions`: the input offset the position came from.
     pub const SRC_OFFSET: &str = "fleetstream.src.offset";
+    /// On a record written on behalf of a sampled position: its trace, as W3C Trace Context
+    /// (`00-<trace id>-<span id>-01`), naming the span of the service that wrote it. Absent
+    /// when tracing is off or the position was not sampled.
+    pub const TRACEPARENT: &str = "traceparent";
     /// On `events`: the event's type, so a consumer can filter without parsing the value.
     pub const EVENT_TYPE: &str = "fleetstream.event.type";
     /// On a `vehicle-latest` tombstone (a decommissioned vehicle): its latest position then, as

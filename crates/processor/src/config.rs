@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use fleetstream_core::kafka::{KafkaArgs, ProducerArgs};
+use fleetstream_core::otel::TraceArgs;
 use fleetstream_core::telemetry::LogArgs;
 
 use crate::fleet::EventRules;
@@ -119,6 +120,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub producer: ProducerArgs,
+
+    #[command(flatten)]
+    pub trace: TraceArgs,
 
     #[command(flatten)]
     pub log: LogArgs,

@@ -20,6 +20,7 @@ mod outputs;
 mod pipeline;
 mod rebalance;
 mod restore;
+mod traced;
 pub mod rules;
 pub mod state;
 
@@ -135,6 +136,7 @@ impl Application {
         });
         self.health.set_ready();
         let progress = pipeline::Progress::default();
+        let spans = self.clients.tracing();
         let pipeline = pipeline::Pipeline::new(self.config.clone(), self.clients, self.geofences, self.metrics.clone(), self.health.clone(), token.clone(), progress.clone());
         let watchdog = tokio::spawn(watch(progress, self.health.clone(), token.clone()));
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -165,6 +167,7 @@ impl Application {
         };
         watchdog.abort();
         let _ = server.await;
+        let _ = tokio::task::spawn_blocking(move || spans.shutdown()).await;
         match outcome {
             Ok(()) => {
                 tracing::info!("processor stopped");

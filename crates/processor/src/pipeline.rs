@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use futures_util::future::try_join_all;
@@ -32,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 use fleetstream_core::http::Health;
 use fleetstream_core::telemetry::Throttle;
 use fleetstream_core::now_ms;
-use fleetstream_core::publish::{delivered, Outgoing, PublishError, Publisher};
+use fleetstream_core::otel::Tracing;
+use fleetstream_core::publish::{delivered, headers, Outgoing, PublishError, Publisher};
 use fleetstream_core::reason::Reason;
 use fleetstream_core::events::Event;
 use fleetstream_core::ProcessedPosition;
@@ -45,6 +46,7 @@ use crate::outputs::Layout;
 use crate::rebalance::{Context, Events, RebalanceEvent};
 use crate::restore::{self, PartitionState};
 use crate::config::Config;
+use crate::traced::{BatchClock, BatchSpans};
 
 /// How often vehicles are checked for silence (`offline`).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -69,6 +71,8 @@ pub(crate) struct Clients {
     producer_config: Option<rdkafka::ClientConfig>,
     reader: restore::Reader,
     events: Events,
+    /// Spans of traced positions (off unless --otlp-endpoint).
+    tracing: Tracing,
 }
 
 impl Clients {
@@ -76,6 +80,8 @@ impl Clients {
     /// which fences an earlier instance with the same id and aborts what it left open), the
     /// consumer (subscribed to the input) and the state reader.
     pub(crate) async fn connect(config: &Config, transactional_id: Option<&str>, metrics: &Metrics) -> anyhow::Result<Clients> {
+        // The receiver decides which positions are traced; here spans only follow that.
+        let tracing = Tracing::start(&config.trace, "fleetstream-processor", 0.0)?;
         let mut producer_config = config.kafka.producer_config(&config.producer);
         if let Some(id) = transactional_id {
             let timeout = config.transaction_timeout.as_millis();
@@ -109,7 +115,11 @@ impl Clients {
             .context("cannot create Kafka consumer")?;
         consumer.subscribe(&[&config.input_topic]).context("cannot subscribe")?;
         let reader = restore::reader(config)?;
-        Ok(Clients { consumer, producer, producer_config, reader, events })
+        Ok(Clients { consumer, producer, producer_config, reader, events, tracing })
+    }
+
+    pub(crate) fn tracing(&self) -> Tracing {
+        self.tracing.clone()
     }
 }
 
@@ -214,6 +224,15 @@ struct Tally {
     events: Vec<&'static str>,
 }
 
+/// A batch's records to write, valid positions and dead letters apart from events, and the
+/// spans of its traced records.
+struct Outputs<'a> {
+    tally: Tally,
+    records: Vec<Outgoing<'a>>,
+    events: Vec<Outgoing<'a>>,
+    spans: BatchSpans,
+}
+
 /// Events of the timers (`offline`) by partition.
 type TimerEvents = BTreeMap<i32, Vec<Event>>;
 
@@ -246,6 +265,9 @@ pub(crate) struct Pipeline {
     geofences: Geofences,
     /// When vehicles were last checked for silence.
     last_sweep: Instant,
+    tracing: Tracing,
+    /// The batch in hand's clock readings for its spans (tracing on only).
+    clock: Option<BatchClock>,
 }
 
 /// Which step the loop is in, and since when: a watchdog reports a loop stuck in one step (a
@@ -274,7 +296,7 @@ impl Progress {
 
 impl Pipeline {
     pub(crate) fn new(config: Arc<Config>, clients: Clients, geofences: Geofences, metrics: Metrics, health: Health, shutdown: CancellationToken, progress: Progress) -> Self {
-        let Clients { consumer, producer, producer_config, reader, events } = clients;
+        let Clients { consumer, producer, producer_config, reader, events, tracing } = clients;
         Pipeline {
             layout: Layout::new(&config),
             publisher: Publisher::new(producer, shutdown.clone()),
@@ -297,6 +319,8 @@ impl Pipeline {
             last_record: Instant::now(),
             geofences,
             last_sweep: Instant::now(),
+            tracing,
+            clock: None,
         }
     }
 
@@ -558,6 +582,10 @@ impl Pipeline {
         let decisions = self.decide(by_partition);
         let timers = if sweep { self.sweep()? } else { TimerEvents::new() };
         self.step("decide", t_decide);
+        self.clock = self.tracing.is_on().then(|| {
+            let judged = SystemTime::now();
+            BatchClock { polled: judged.checked_sub(started.elapsed()).unwrap_or(judged), judged }
+        });
         timer_partitions.extend(timers.keys());
         if by_partition.is_empty() && timers.is_empty() {
             return Ok(Tally::default());
@@ -644,8 +672,10 @@ impl Pipeline {
         let p = producer.clone();
         self.progress.at("begin_transaction");
         bounded("begin_transaction", move || p.begin_transaction())??;
-        let result = (|| {
-            let (mut tally, mut records, events) = self.outputs(by_partition, decisions, timers);
+        let mut spans = BatchSpans::default();
+        let result: Result<Tally, BatchError> = (|| {
+            let Outputs { mut tally, mut records, events, spans: traced } = self.outputs(by_partition, decisions, timers);
+            spans = traced;
             records.extend(events);
             let (latest, written) = self.latest_records(touched);
             records.extend(latest);
@@ -672,6 +702,7 @@ impl Pipeline {
             // commit_transaction would flush them too; waiting here names a failed record.
             self.await_all(deliveries, deadline)?;
             self.step("produce", t_produce);
+            spans.written();
             self.mark_clean(&written);
             tally.latest = written.len() as u64;
             let p = producer.clone();
@@ -681,6 +712,10 @@ impl Pipeline {
             self.step("commit", t_commit);
             Ok(tally)
         })();
+        match &result {
+            Ok(_) => spans.committed(),
+            Err(error) => spans.failed(&error.to_string()),
+        }
         if let Err(error) = &result {
             if matches!(error, BatchError::Fenced(_) | BatchError::Stuck(_)) {
                 return result;
@@ -737,21 +772,37 @@ impl Pipeline {
     fn write_then_commit(&mut self, by_partition: &ByPartition, decisions: &HashMap<i32, Vec<Decision>>, timers: &TimerEvents, touched: &BTreeSet<i32>) -> Result<Tally, BatchError> {
         // A position in `positions` then means its events are in `events`, and a latest state
         // means its positions are written: what the state rebuild relies on.
-        let (mut tally, records, events) = self.outputs(by_partition, decisions, timers);
+        let Outputs { mut tally, records, events, mut spans } = self.outputs(by_partition, decisions, timers);
         let t_produce = Instant::now();
-        self.send_all(&events)?;
-        self.send_all(&records)?;
-        let (latest, written) = self.latest_records(touched);
-        self.send_all(&latest)?;
+        let sent: Result<_, BatchError> = (|| {
+            self.send_all(&events)?;
+            self.send_all(&records)?;
+            let (latest, written) = self.latest_records(touched);
+            self.send_all(&latest)?;
+            Ok(written)
+        })();
+        let written = match sent {
+            Ok(written) => written,
+            Err(error) => {
+                spans.failed(&error.to_string());
+                return Err(error);
+            }
+        };
+        spans.written();
         self.step("produce", t_produce);
         self.mark_clean(&written);
         tally.latest = written.len() as u64;
         let offsets = self.offsets_after(by_partition);
         if offsets.count() == 0 {
+            spans.committed();
             return Ok(tally);
         }
         let t_commit = Instant::now();
-        match self.consumer.commit(&offsets, CommitMode::Sync) {
+        let committed = self.consumer.commit(&offsets, CommitMode::Sync);
+        // Without transactions the outputs were visible once written; the commit only moves
+        // the group on.
+        spans.committed();
+        match committed {
             Ok(()) => self.step("commit", t_commit),
             Err(error) => {
                 self.metrics.retries.with_label_values(&["commit"]).inc();
@@ -763,10 +814,11 @@ impl Pipeline {
 
     /// The batch's records: valid positions and dead letters, and the events (of the records
     /// and of the timers) apart.
-    fn outputs<'a>(&'a self, by_partition: &'a ByPartition, decisions: &'a HashMap<i32, Vec<Decision>>, timers: &'a TimerEvents) -> (Tally, Vec<Outgoing<'a>>, Vec<Outgoing<'a>>) {
+    fn outputs<'a>(&'a self, by_partition: &'a ByPartition, decisions: &'a HashMap<i32, Vec<Decision>>, timers: &'a TimerEvents) -> Outputs<'a> {
         let mut tally = Tally::default();
         let mut records: Vec<Outgoing<'_>> = Vec::new();
         let mut events: Vec<Outgoing<'_>> = Vec::new();
+        let mut spans = BatchSpans::default();
         let now = now_ms();
         let attempts = self.failures + 1;
         for (p, msgs) in by_partition {
@@ -776,7 +828,11 @@ impl Pipeline {
                     Decision::Valid(pos, triggered) => {
                         // A struct of numbers, booleans and JSON values always serialises.
                         let payload = serde_json::to_vec(pos).unwrap_or_default();
-                        records.push(self.layout.position(*p, m.offset(), pos, payload));
+                        let mut record = self.layout.position(*p, m.offset(), pos, payload);
+                        if let Some(traceparent) = spans.follow(&self.tracing, self.clock, m, "valid") {
+                            record = record.header(headers::TRACEPARENT, &traceparent);
+                        }
+                        records.push(record);
                         tally.valid += 1;
                         self.observe_latency(pos, now);
                         for e in triggered {
@@ -785,7 +841,11 @@ impl Pipeline {
                         }
                     }
                     Decision::Invalid(rejection) => {
-                        records.push(self.layout.dead_letter(m, rejection, attempts, now));
+                        let mut record = self.layout.dead_letter(m, rejection, attempts, now);
+                        if let Some(traceparent) = spans.follow(&self.tracing, self.clock, m, rejection.reason.as_str()) {
+                            record = record.header(headers::TRACEPARENT, &traceparent);
+                        }
+                        records.push(record);
                         tally.invalid.push(rejection.reason);
                     }
                     Decision::Duplicate => tally.duplicates += 1,
@@ -799,7 +859,7 @@ impl Pipeline {
                 tally.events.push(e.type_name());
             }
         }
-        (tally, records, events)
+        Outputs { tally, records, events, spans }
     }
 
     /// The latest state of every vehicle of these partitions that changed, and which vehicles

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use fleetstream_core::kafka::{KafkaArgs, ProducerArgs};
+use fleetstream_core::otel::TraceArgs;
 use fleetstream_core::telemetry::LogArgs;
 
 /// How devices prove who they are.
@@ -138,6 +139,14 @@ pub struct Config {
 
     #[command(flatten)]
     pub producer: ProducerArgs,
+
+    /// Share of positions traced when tracing is on (--otlp-endpoint), 0 to 1: the decision
+    /// is made here, where a position enters, and the processor and tracker follow it.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", default_value = "0.01", value_parser = fleetstream_core::otel::parse_ratio)]
+    pub trace_sample_ratio: f64,
+
+    #[command(flatten)]
+    pub trace: TraceArgs,
 
     #[command(flatten)]
     pub log: LogArgs,

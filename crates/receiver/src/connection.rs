@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use fleetstream_core::frames::{ErrorFrame, ServerFrame};
 use fleetstream_core::now_ms;
+use fleetstream_core::otel::PositionSpan;
 use fleetstream_core::reason::{Reason, Rejection};
 use fleetstream_core::wire::{self, WirePosition};
 
@@ -77,12 +78,24 @@ enum Outcome {
         received: Instant,
         handed: Instant,
         delivery: DeliveryFuture,
+        /// The position's span when it is traced (boxed: most positions are not).
+        span: Option<Box<PositionSpan>>,
         _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
     },
     /// A refusal; when the input was kept, wait for the DLQ write first to say so.
     Refused { error: ErrorFrame, dlq: Option<DeliveryFuture> },
     /// The last thing the connection will say.
     Close { code: u16, reason: &'static str },
+}
+
+/// When a frame's positions arrived.
+#[derive(Clone, Copy)]
+struct Receipt {
+    at: Instant,
+    /// Unix ms: the record's timestamp and `received_at` header.
+    ms: i64,
+    /// The wall clock, read only when tracing is on.
+    wall: Option<SystemTime>,
 }
 
 /// What the writer tells the reader when answers can no longer be written.
@@ -380,6 +393,8 @@ impl Connection {
         };
         let received = Instant::now();
         let received_ms = now_ms();
+        // The wall clock of the receipt, only for a span's start: tracing off reads no clock.
+        let wall = self.ingest.tracing.is_on().then(SystemTime::now);
         let admitted = match self.bucket.as_mut() {
             Some(bucket) => bucket.take(elements.len(), received),
             None => elements.len(),
@@ -417,12 +432,13 @@ impl Connection {
                 self.refuse(tx, Refusal::new(rejection).keeping(element.raw.as_bytes()).about(id).at(index)).await;
                 continue;
             }
-            self.publish(tx, wire_position, received, received_ms, index).await;
+            self.publish(tx, wire_position, Receipt { at: received, ms: received_ms, wall }, index).await;
         }
     }
 
     /// Hands one position to Kafka and queues its delivery for the writer.
-    async fn publish(&mut self, tx: &mut Answering, wire: WirePosition, received: Instant, received_ms: i64, index: Option<usize>) {
+    async fn publish(&mut self, tx: &mut Answering, wire: WirePosition, receipt: Receipt, index: Option<usize>) {
+        let Receipt { at: received, ms: received_ms, wall } = receipt;
         let legacy = wire.legacy;
         let last = &mut self.last_legacy_seq;
         // Legacy devices send no seq: use the receive time in microseconds, strictly rising on
@@ -446,21 +462,35 @@ impl Connection {
             self.refuse(tx, Refusal::new(rejection).about(id).at(index)).await;
             return;
         };
-        match self.ingest.publish(&position, received_ms, legacy).await {
+        let mut span = wall.and_then(|start| self.ingest.tracing.root("receive position", start)).map(Box::new);
+        let traceparent = span.as_mut().map(|span| {
+            span.attribute("fleetstream.obu_id", position.obu_id as i64);
+            span.attribute("fleetstream.seq", position.seq as i64);
+            span.attribute("fleetstream.connection", self.id as i64);
+            span.traceparent()
+        });
+        match self.ingest.publish(&position, received_ms, legacy, traceparent.as_deref()).await {
             Ok(delivery) => {
                 self.metrics.in_flight.inc();
+                if let Some(span) = span.as_mut() {
+                    span.event("handed to Kafka");
+                }
                 let outcome = Outcome::Delivery {
                     obu_id: position.obu_id,
                     seq: position.seq,
                     received,
                     handed: Instant::now(),
                     delivery,
+                    span,
                     _permits: permits,
                 };
                 let _ = tx.send(outcome).await;
             }
             Err(error) => {
                 drop(permits);
+                if let Some(mut span) = span {
+                    span.fail(format!("not handed to Kafka: {error}"));
+                }
                 let rejection = Rejection::new(Reason::KafkaUnavailable, format!("could not hand the position to Kafka: {error}"));
                 self.refuse(tx, Refusal::new(rejection).about(id).at(index)).await;
             }
@@ -580,20 +610,33 @@ async fn write_answers(mut rx: mpsc::Receiver<Outcome>, mut sink: futures_util::
     let mut acked = 0u64;
     let mut open = true;
     while let Some(outcome) = rx.recv().await {
+        // The span of a traced position ends once its answer is written (or given up).
+        let mut traced: Option<Box<PositionSpan>> = None;
         let frame = match outcome {
-            Outcome::Delivery { obu_id, seq, received, handed, delivery, _permits } => {
+            Outcome::Delivery { obu_id, seq, received, handed, delivery, span, _permits } => {
                 let result = delivery.await;
                 ingest.answered();
                 m.in_flight.dec();
                 m.kafka_delivery.observe(handed.elapsed().as_secs_f64());
+                traced = span;
                 match result {
-                    Ok(Ok(_)) => {
+                    Ok(Ok(delivered)) => {
                         m.positions_acked.inc();
                         m.ack_latency.observe(received.elapsed().as_secs_f64());
                         acked += 1;
+                        if let Some(span) = traced.as_mut() {
+                            span.event("acknowledged by Kafka");
+                            span.attribute("messaging.destination.partition.id", delivered.partition.to_string());
+                            span.attribute("messaging.kafka.offset", delivered.offset);
+                        }
                         ServerFrame::Ack { obu_id, seq }
                     }
-                    Ok(Err((error, _))) => delivery_failed(m, obu_id, seq, &error.to_string()),
+                    Ok(Err((error, _))) => {
+                        if let Some(span) = traced.as_mut() {
+                            span.fail(format!("Kafka did not acknowledge it: {error}"));
+                        }
+                        delivery_failed(m, obu_id, seq, &error.to_string())
+                    }
                     Err(_) => delivery_failed(m, obu_id, seq, "the producer was closed"),
                 }
             }
@@ -632,6 +675,14 @@ async fn write_answers(mut rx: mpsc::Receiver<Outcome>, mut sink: futures_util::
             Ok::<_, axum::Error>(())
         })
         .await;
+        if let Some(mut span) = traced {
+            match &written {
+                Ok(Ok(())) => span.event("answered"),
+                Ok(Err(_)) => span.fail("the device's socket failed before the answer"),
+                Err(_) => span.fail("the device did not take the answer within --write-timeout"),
+            }
+            span.end();
+        }
         match written {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {

@@ -11,6 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use fleetstream_core::dlq::{DeadLetter, Origin};
+use fleetstream_core::otel::Tracing;
 use fleetstream_core::publish::{headers, Outgoing, PublishError, Publisher};
 use fleetstream_core::reason::Rejection;
 use fleetstream_core::{now_ms, Position};
@@ -26,6 +27,8 @@ pub(crate) struct Ingest {
     instance: String,
     delivery_timeout: Duration,
     in_flight: Arc<Semaphore>,
+    /// Traces of sampled positions (off unless --otlp-endpoint).
+    pub(crate) tracing: Tracing,
     metrics: Metrics,
     /// When Kafka last answered a delivery (success or failure), ms after `started`.
     last_answer_ms: AtomicU64,
@@ -42,7 +45,7 @@ pub(crate) struct Refused<'a> {
 }
 
 impl Ingest {
-    pub(crate) fn new(config: &Config, producer: FutureProducer, instance: String, metrics: Metrics, shutdown: CancellationToken) -> Self {
+    pub(crate) fn new(config: &Config, producer: FutureProducer, instance: String, tracing: Tracing, metrics: Metrics, shutdown: CancellationToken) -> Self {
         Ingest {
             publisher: Publisher::new(producer, shutdown),
             topic: config.topic.clone(),
@@ -50,6 +53,7 @@ impl Ingest {
             instance,
             delivery_timeout: config.producer.delivery_timeout,
             in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            tracing,
             metrics,
             last_answer_ms: AtomicU64::new(0),
             started: Instant::now(),
@@ -85,14 +89,17 @@ impl Ingest {
     }
 
     /// Hands a position to Kafka: key = obu_id, timestamp = receipt, headers saying when, by
-    /// whom and in which format it was received.
-    pub(crate) async fn publish(&self, position: &Position, received_ms: i64, legacy: bool) -> Result<DeliveryFuture, PublishError> {
+    /// whom and in which format it was received, and its trace if it is sampled.
+    pub(crate) async fn publish(&self, position: &Position, received_ms: i64, legacy: bool, traceparent: Option<&str>) -> Result<DeliveryFuture, PublishError> {
         let mut record = Outgoing::for_vehicle(&self.topic, position.obu_id, position.to_json())
             .timestamp(received_ms)
             .header(headers::RECEIVED_AT, &received_ms.to_string())
             .header(headers::RECEIVER, &self.instance);
         if legacy {
             record = record.header(headers::FORMAT, "legacy");
+        }
+        if let Some(traceparent) = traceparent {
+            record = record.header(headers::TRACEPARENT, traceparent);
         }
         if self.metrics.in_flight.get() <= 0 {
             // Nothing was waiting: the silence so far was idleness, not a stall.

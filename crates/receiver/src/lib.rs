@@ -143,10 +143,11 @@ impl Application {
             instance = %instance,
             "receiver listening"
         );
+        let tracing = fleetstream_core::otel::Tracing::start(&config.trace, "fleetstream-receiver", config.trace_sample_ratio)?;
         let metrics = Metrics::new();
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
-            ingest: Arc::new(ingest::Ingest::new(&config, producer, instance, metrics.clone(), shutdown.clone())),
+            ingest: Arc::new(ingest::Ingest::new(&config, producer, instance, tracing, metrics.clone(), shutdown.clone())),
             limits: limits::ConnectionLimits::new(&config),
             connections: Arc::new(Semaphore::new(config.max_connections)),
             metrics,
@@ -205,6 +206,8 @@ impl Application {
         reload.abort();
         let producer = shared.ingest.producer().clone();
         let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+        let spans = shared.ingest.tracing.clone();
+        let _ = tokio::task::spawn_blocking(move || spans.shutdown()).await;
         tracing::info!("receiver stopped");
         Ok(())
     }

@@ -6,6 +6,7 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use fleetstream_core::kafka::{KafkaArgs, ProducerArgs};
+use fleetstream_core::otel::TraceArgs;
 use fleetstream_core::telemetry::LogArgs;
 
 use crate::auth::ApiAuth;
@@ -139,6 +140,9 @@ pub struct Config {
     /// The producer of geofence writes.
     #[command(flatten)]
     pub producer: ProducerArgs,
+
+    #[command(flatten)]
+    pub trace: TraceArgs,
 
     #[command(flatten)]
     pub log: LogArgs,

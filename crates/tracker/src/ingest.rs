@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use rand::Rng as _;
@@ -24,6 +24,8 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use fleetstream_core::http::Health;
+use fleetstream_core::otel::{PositionSpan, Tracing};
+use fleetstream_core::publish::headers;
 use fleetstream_core::telemetry::Throttle;
 use fleetstream_core::ProcessedPosition;
 
@@ -86,6 +88,8 @@ struct Batch {
     /// or skipped).
     offsets: BTreeMap<(Source, i32), i64>,
     started: Option<tokio::time::Instant>,
+    /// Spans of the traced positions, by index in `positions`.
+    spans: Vec<(usize, PositionSpan)>,
 }
 
 impl Batch {
@@ -106,6 +110,7 @@ pub(crate) struct Ingest {
     /// Where the seed leaves what it read of `vehicle-latest` (partitions, decommissions).
     vehicles: Vehicles,
     stopping: Stopping,
+    tracing: Tracing,
 }
 
 /// When the ingest loop ends.
@@ -130,8 +135,9 @@ impl Ingest {
         live: Feeds,
         vehicles: Vehicles,
         stopping: Stopping,
+        tracing: Tracing,
     ) -> Self {
-        Ingest { config, consumer, store, metrics, health, live, vehicles, stopping }
+        Ingest { config, consumer, store, metrics, health, live, vehicles, stopping, tracing }
     }
 
     #[tracing::instrument(name = "ingest", skip_all)]
@@ -194,6 +200,14 @@ impl Ingest {
                 self.metrics.consumed.inc();
                 let why = match m.payload().map(serde_json::from_slice::<ProcessedPosition>) {
                     Some(Ok(p)) if storable(&p) => {
+                        let traceparent = self.tracing.is_on().then(|| headers::text(m.headers(), headers::TRACEPARENT)).flatten();
+                        if let Some(mut span) = traceparent.and_then(|t| self.tracing.child("store position", Some(t), SystemTime::now())) {
+                            span.attribute("fleetstream.obu_id", p.obu_id as i64);
+                            span.attribute("fleetstream.seq", p.seq as i64);
+                            span.attribute("messaging.source.partition.id", partition.to_string());
+                            span.attribute("messaging.kafka.offset", offset);
+                            batch.spans.push((batch.positions.len(), span));
+                        }
                         batch.positions.push(p);
                         return;
                     }
@@ -237,6 +251,7 @@ impl Ingest {
         else {
             return false;
         };
+        let stored_at = SystemTime::now();
         self.commit(&taken.offsets).await;
         self.metrics.batch_size.observe(positions.len() as f64);
         self.metrics.written.inc_by(outcome.inserted.len() as u64);
@@ -252,6 +267,7 @@ impl Ingest {
         // Only what is new goes to the live feeds: a replay does not make the map jump.
         self.live.positions.publish(outcome.inserted.iter().filter_map(|&i| positions.get(i)).map(VehicleView::live));
         self.live.events.publish_json(new_events.inserted.iter().filter_map(|&i| events.get(i)).map(NewEvent::body));
+        end_spans(taken.spans, &outcome.inserted, stored_at);
         if !positions.is_empty() {
             self.refresh_vehicle_gauge().await;
         }
@@ -405,6 +421,20 @@ impl Ingest {
                 }
             }
         }
+    }
+}
+
+/// Ends the spans of a stored batch's traced positions: `inserted` (indices) were new and went
+/// to the live feed; the rest were stored already (a replay).
+fn end_spans(spans: Vec<(usize, PositionSpan)>, inserted: &[usize], stored_at: SystemTime) {
+    for (i, mut span) in spans {
+        span.event_at("stored", stored_at);
+        if inserted.contains(&i) {
+            span.event("pushed to the live feed");
+        } else {
+            span.attribute("fleetstream.duplicate", true);
+        }
+        span.end();
     }
 }
 

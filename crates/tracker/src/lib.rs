@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use fleetstream_core::http::{ops_router, Health};
 use fleetstream_core::now_ms;
+use fleetstream_core::otel::Tracing;
 use fleetstream_core::publish::Publisher;
 
 use geofences::Geofences;
@@ -68,6 +69,8 @@ pub struct Application {
     guard: auth::Guard,
     metrics: Metrics,
     health: Health,
+    /// Spans of traced positions (off unless --otlp-endpoint).
+    tracing: Tracing,
 }
 
 impl std::fmt::Debug for Application {
@@ -103,7 +106,10 @@ impl Application {
             geofences = %config.geofences_topic,
             "tracker started"
         );
+        // The receiver decides which positions are traced; here spans only follow that.
+        let tracing = Tracing::start(&config.trace, "fleetstream-tracker", 0.0)?;
         Ok(Application {
+            tracing,
             config: Arc::new(config),
             listener,
             store,
@@ -156,6 +162,7 @@ impl Application {
             live,
             vehicles.clone(),
             Stopping { drain: stop_ingest.clone(), abort: abort.clone() },
+            self.tracing.clone(),
         );
         let ingest = tokio::spawn(ingest.run());
         let latest_follower = tokio::spawn(vehicles.follow(self.config.clone(), stop_ingest.clone()));
@@ -189,6 +196,8 @@ impl Application {
             Ok(Err(error)) => tracing::warn!(%error, "HTTP server error"),
             Err(error) => tracing::warn!(%error, "HTTP server task failed"),
         }
+        let spans = self.tracing.clone();
+        let _ = tokio::task::spawn_blocking(move || spans.shutdown()).await;
         tracing::info!("tracker stopped");
         Ok(())
     }
