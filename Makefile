@@ -38,6 +38,7 @@ test:
 	@echo "failover drills:"; cat target/tmp/drills.txt
 	scripts/fuzz --time 20
 	scripts/check-ops
+	scripts/check-kubernetes
 	PYTHONPATH=scripts python3 -m ops.demo_readme --check
 	scripts/config-docs --check
 
