@@ -427,7 +427,7 @@ class Checks:
             problems.append(f"the raw topic's partition count is unknown ({source})")
         elif top != partitions:
             problems.append(f"maxReplicaCount {top}, but the raw topic has {partitions} partitions ({source}): "
-                            "processors beyond the partitions sit idle")
+                            "make them equal (more processors than partitions sit idle, fewer leave partitions unscaled)")
         if "PROCESSOR_TRANSACTIONAL_ID" in env:
             problems.append("PROCESSOR_TRANSACTIONAL_ID is set: every pod would share it (the default, "
                             "<group>-<pod name>-<port>, is unique per pod)")
