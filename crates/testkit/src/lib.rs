@@ -21,6 +21,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use fleetstream_kafka_local::{Cluster, ClusterSpec, Installation, Lifetime};
 
+pub mod otelcol;
 pub mod postgres;
 pub mod secrets;
 

@@ -14,6 +14,7 @@ use fleetstream_testkit::{Broker, Record, Running, Topics};
 
 mod drills;
 mod fences;
+mod otelcol;
 mod security;
 
 pub fn parse<T: clap::Parser>(args: Vec<String>) -> T {
