@@ -37,7 +37,7 @@ pub struct TraceArgs {
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<String>,
 
-    /// `service.name` of this service's spans (default: the service's name).
+    /// `service.name` of this service's spans (default: `fleetstream-<service>`, e.g. `fleetstream-receiver`).
     #[arg(long, env = "OTEL_SERVICE_NAME", value_name = "NAME")]
     pub otel_service_name: Option<String>,
 }

@@ -16,6 +16,7 @@ mod drills;
 mod fences;
 mod otelcol;
 mod security;
+mod traces;
 
 pub fn parse<T: clap::Parser>(args: Vec<String>) -> T {
     T::try_parse_from(args).unwrap_or_else(|e| panic!("{e}"))
