@@ -632,10 +632,12 @@ async fn write_answers(mut rx: mpsc::Receiver<Outcome>, mut sink: futures_util::
                         ServerFrame::Ack { obu_id, seq }
                     }
                     Ok(Err((error, _))) => {
+                        let error = error.to_string();
                         if let Some(span) = traced.as_mut() {
                             span.fail(format!("Kafka did not acknowledge it: {error}"));
                         }
-                        delivery_failed(m, obu_id, seq, &error.to_string())
+                        ingest.delivery_failed(obu_id, seq, &error);
+                        delivery_failed(m, obu_id, seq, &error)
                     }
                     Err(_) => delivery_failed(m, obu_id, seq, "the producer was closed"),
                 }

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::{DeliveryFuture, FutureProducer};
@@ -14,6 +14,7 @@ use fleetstream_core::dlq::{DeadLetter, Origin};
 use fleetstream_core::otel::Tracing;
 use fleetstream_core::publish::{headers, Outgoing, PublishError, Publisher};
 use fleetstream_core::reason::Rejection;
+use fleetstream_core::telemetry::Throttle;
 use fleetstream_core::{now_ms, Position};
 
 use crate::metrics::Metrics;
@@ -32,6 +33,8 @@ pub(crate) struct Ingest {
     metrics: Metrics,
     /// When Kafka last answered a delivery (success or failure), ms after `started`.
     last_answer_ms: AtomicU64,
+    /// Failed deliveries are logged at most every few seconds (each is counted and answered).
+    failures_logged: Mutex<Throttle>,
     started: Instant,
 }
 
@@ -56,6 +59,7 @@ impl Ingest {
             tracing,
             metrics,
             last_answer_ms: AtomicU64::new(0),
+            failures_logged: Mutex::new(Throttle::new(Duration::from_secs(5))),
             started: Instant::now(),
         }
     }
@@ -64,6 +68,16 @@ impl Ingest {
     pub(crate) fn answered(&self) {
         let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_answer_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Logs a position Kafka did not take (the device is told to resend it): a topic that does
+    /// not exist, a denied write, a delivery timeout. Throttled: one line every 5 s, saying how
+    /// many more there were.
+    pub(crate) fn delivery_failed(&self, obu_id: u64, seq: u64, error: &str) {
+        let pass = self.failures_logged.lock().map(|mut t| t.pass()).unwrap_or(None);
+        if let Some(held_back) = pass {
+            tracing::warn!(topic = %self.topic, obu_id, seq, %error, similar_since_last = held_back, "Kafka did not take a position; the device was told to resend it");
+        }
     }
 
     /// How long positions have been waiting without Kafka answering any of them: None when

@@ -7,7 +7,7 @@
 //! instead of a timeout, and a missing ACL names the topic.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rdkafka::client::ClientContext;
@@ -27,13 +27,17 @@ pub enum Refusal {
     Tls(String),
 }
 
-/// A client context that remembers the last [`Refusal`] (and logs every report at warn, once
-/// per distinct message, so a broker that keeps refusing does not flood the log).
+/// A client context that remembers the last [`Refusal`] (and logs every report at warn, a
+/// repeated one every 30 s, so a broker that keeps refusing does not flood the log).
 #[derive(Debug, Clone, Default)]
 pub struct RefusalWatch {
     last: Arc<Mutex<Option<Refusal>>>,
-    logged: Arc<Mutex<Option<String>>>,
+    /// The reports logged in the last REPEAT_LOG_EVERY (their text without numbers) and when.
+    logged: Arc<Mutex<std::collections::HashMap<String, Instant>>>,
 }
+
+/// How often a report that keeps coming is logged again.
+const REPEAT_LOG_EVERY: Duration = Duration::from_secs(30);
 
 impl RefusalWatch {
     pub fn last(&self) -> Option<Refusal> {
@@ -70,10 +74,15 @@ impl ClientContext for RefusalWatch {
             Some(RDKafkaErrorCode::BrokerTransportFailure) if reason.contains("SSL") => self.record(Refusal::Tls(reason.to_string())),
             _ => {}
         }
+        // librdkafka reports one outage in a few messages whose counts change ("1/1 brokers
+        // are down", "0/1 ...", "1 identical error(s) suppressed"), several times a second:
+        // each is logged once per REPEAT_LOG_EVERY while it lasts.
+        let shape: String = reason.chars().filter(|c| !c.is_ascii_digit()).collect();
         if let Ok(mut logged) = self.logged.lock() {
-            if logged.as_deref() != Some(reason) {
+            logged.retain(|_, at| at.elapsed() < REPEAT_LOG_EVERY);
+            if !logged.contains_key(&shape) {
                 tracing::warn!(%error, "Kafka client: {reason}");
-                *logged = Some(reason.to_string());
+                logged.insert(shape, Instant::now());
             }
         }
     }
