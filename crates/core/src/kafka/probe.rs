@@ -80,9 +80,9 @@ impl ClientContext for RefusalWatch {
         let shape: String = reason.chars().filter(|c| !c.is_ascii_digit()).collect();
         if let Ok(mut logged) = self.logged.lock() {
             logged.retain(|_, at| at.elapsed() < REPEAT_LOG_EVERY);
-            if !logged.contains_key(&shape) {
+            if let std::collections::hash_map::Entry::Vacant(entry) = logged.entry(shape) {
                 tracing::warn!(%error, "Kafka client: {reason}");
-                logged.insert(shape, Instant::now());
+                entry.insert(Instant::now());
             }
         }
     }
