@@ -6,8 +6,11 @@ writes docs/benchmarks.md and its plots.
 Environment: BENCH_RUNS (3), BENCH_QUICK=1 (smaller counts, for a smoke run), BENCH_NOTES (a
 JSON file with a list of extra notes for the report), BENCH_EXACTLY_ONCE (the processor's
 --exactly-once mode, transactions), BENCH_MODES=1 (instead of the suite: both exactly-once modes
-compared, a Markdown table on stdout; docs/processing.md quotes it). The services inherit the environment, but
-every setting that matters is passed as a flag.
+compared, a Markdown table on stdout; docs/processing.md quotes it). BENCH_TRACING_RUNS (max(BENCH_RUNS, 5))
+rounds of the tracing-cost stage. BENCH_ONLY=tracing (for development): after a short warm-up, only
+the tracing-cost stage; its results replace results["tracing"] in the existing docs/benchmarks.json,
+every other figure is kept, and docs/benchmarks.md is regenerated from it. The services inherit
+the environment, but every setting that matters is passed as a flag.
 """
 import datetime
 import json
@@ -17,6 +20,7 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -45,6 +49,9 @@ N_TRACKER = 50_000 if QUICK else 200_000
 TRACKER_BATCH = 1_000  # the tracker's --batch-size (TRACKER_BATCH_SIZE), its default
 N_TAKEOVER = 10_000 if QUICK else 100_000
 N_TAKEOVER_NEW = 1_000
+TRACING_RUNS = int(os.environ.get("BENCH_TRACING_RUNS", str(max(RUNS, 5))))
+# The tracing-cost stage's ways of running the receiver: (name, --trace-sample-ratio or None for off).
+TRACING = [("off", None), ("ratio 0", "0"), ("ratio 0.01", "0.01")]
 SUSTAINED_P99_MS = 500
 FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 WORK = Path(tempfile.gettempdir())  # main() makes the run's own directory
@@ -175,10 +182,12 @@ def stage_baseline(broker):
     return r["per_s"]
 
 
-def stage_ingest(broker):
-    t = broker.topics()
+def stage_ingest(broker, t=None, extra=()):
+    """Receiver acked ingest: the simulator's load mode, N_INGEST positions as fast as they are
+    acked, into a new receiver (its `extra` flags) and topic (`t`, or new ones)."""
+    t = t or broker.topics()
     port = free_port()
-    rec = receiver(broker, t, port)
+    rec = receiver(broker, t, port, extra)
     cpu0 = (cpu_seconds(rec.pid), cpu_seconds(broker.pid), children_cpu_seconds())
     s = sim(["--url", f"ws://127.0.0.1:{port}/ws", "--mode", "load", "--rate", "0", "--count", N_INGEST,
              "--vehicles", "1000", "--connections", "8", "--batch", "50", "--max-in-flight", "5000"])
@@ -188,6 +197,91 @@ def stage_ingest(broker):
     per_s = s["acked"] / s["elapsed_s"]
     log(f"ingest: {per_s:.0f}/s p99 {s['ack_latency_ms']['p99']} ms; cpu receiver {cpu[0]:.1f}s broker {cpu[1]:.1f}s simulator {cpu[2]:.1f}s over {s['elapsed_s']:.1f}s")
     return per_s, s["ack_latency_ms"], cpu, s["elapsed_s"]
+
+
+class Collector:
+    """A real OpenTelemetry Collector (scripts/go-tools otelcol, as crates/testkit's tracing
+    test runs it): OTLP/HTTP in on a free port of 127.0.0.1, every request out as an OTLP/JSON
+    line in DIR/spans.jsonl."""
+
+    def __init__(self, directory):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.spans = self.dir / "spans.jsonl"
+        (self.dir / "config.yaml").write_text(
+            f"receivers:\n  otlp:\n    protocols:\n      http:\n        endpoint: 127.0.0.1:{self.port}\n"
+            f"exporters:\n  file:\n    path: '{self.spans}'\n    format: json\n    flush_interval: 50ms\n"
+            "service:\n  telemetry:\n    logs:\n      level: warn\n    metrics:\n      level: none\n"
+            "  pipelines:\n    traces:\n      receivers: [otlp]\n      exporters: [file]\n")
+        COMMANDS.append("scripts/go-tools otelcol")
+        bin_dir = subprocess.run([ROOT / "scripts" / "go-tools", "otelcol"], check=True, capture_output=True, text=True).stdout.strip()
+        self.proc = start("otelcol", [Path(bin_dir) / "otelcol", f"--config={self.dir / 'config.yaml'}"])
+        COMMANDS[-1] = COMMANDS[-1].replace(bin_dir, "$(scripts/go-tools otelcol)")
+        deadline = time.time() + 30
+        while not port_open(self.port):
+            if time.time() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"the OpenTelemetry Collector did not listen on {self.port} (log: {WORK / 'otelcol.log'})")
+            time.sleep(0.1)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def settled(self):
+        """Waits until the spans file stops growing (the exporter flushes every 50 ms)."""
+        size, still = -1, 0
+        for _ in range(100):
+            now = self.spans.stat().st_size if self.spans.exists() else 0
+            still = still + 1 if now == size else 0
+            if still >= 5:
+                return
+            size = now
+            time.sleep(0.2)
+
+
+def port_open(port):
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def rotated(items, i):
+    """`items` starting at its i-th (mod its length): round i's order."""
+    k = i % len(items)
+    return items[k:] + items[:k]
+
+
+def stage_tracing(broker, rounds):
+    """What tracing costs the receiver (issue 16): stage_ingest with tracing off, on at ratio 0
+    (every position unsampled) and on at 0.01, `rounds` times each, the order rotating from round
+    to round; then what each run left in `gpscoords` (trace-count) and at the collector."""
+    n0 = len(COMMANDS)
+    collector = Collector(WORK / "otelcol")
+    runs = {name: [] for name, _ in TRACING}
+    seen_spans = 0
+    commands = None
+    for i in range(rounds):
+        for name, ratio in rotated(TRACING, i):
+            log(f"tracing: round {i + 1}/{rounds}, {name}")
+            t = broker.topics()
+            extra = [] if ratio is None else ["--otlp-endpoint", collector.endpoint, "--trace-sample-ratio", ratio]
+            c0 = cpu_seconds(collector.proc.pid)
+            per_s, lat, cpu, elapsed = stage_ingest(broker, t, extra)
+            collector.settled()  # the receiver sent what it held when it stopped
+            counted = json.loads(run([REL / "trace-count", "--brokers", broker.brokers, "--topic", t["gpscoords"],
+                                      "--spans", collector.spans]))
+            r = {"per_s": per_s, "acked": round(per_s * elapsed), "elapsed_s": elapsed, "cpu_s": cpu[0], "broker_cpu_s": cpu[1],
+                 "simulator_cpu_s": cpu[2], "p50": lat["p50"], "p99": lat["p99"], "records": counted["records"],
+                 "traceparent": counted["traceparent"], "spans": counted["spans"] - seen_spans,
+                 "headers_with_span": counted["headers_with_span"], "collector_cpu_s": cpu_seconds(collector.proc.pid) - c0}
+            seen_spans = counted["spans"]
+            log(f"tracing {name}: {per_s:.0f}/s, receiver {1000 * cpu[0] / max(r['acked'], 1):.4f} CPU-s per 1k; "
+                f"{r['traceparent']} of {r['records']} with traceparent, {r['spans']} spans")
+            runs[name].append(r)
+        if i == 0:
+            commands = commands_since(n0)
+    stop(collector.proc)
+    return {"count": N_INGEST, "rounds": rounds, "date": time.strftime("%Y-%m-%d"),
+            "variants": [{"name": name, "ratio": None if ratio is None else float(ratio), "runs": runs[name]}
+                         for name, ratio in TRACING],
+            "commands": commands}
 
 
 def stage_processor(broker):
@@ -657,6 +751,28 @@ def compare_modes(broker):
               f"| {lat[1_000][0]:.0f} / {lat[1_000][1]:.0f} | {lat[10_000][0]:.0f} / {lat[10_000][1]:.0f} |")
 
 
+def only_tracing(broker):
+    """BENCH_ONLY=tracing: the tracing-cost stage alone, merged into docs/benchmarks.json (every
+    other figure kept), and docs/benchmarks.md regenerated from it."""
+    log("warm-up")
+    stage_baseline(broker)
+    stage_ingest(broker)
+    stage_ingest(broker)
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    tracing = stage_tracing(broker, TRACING_RUNS)
+    tracing["note"] = (f"Measured on {tracing['date']} by `BENCH_ONLY=tracing scripts/bench` (this stage alone, after a warm-up "
+                       f"on a broker of its own; load average {' / '.join(load)} before it), not in the same run as the "
+                       "sections above; its ratios compare runs of this stage only.")
+    path = ROOT / "docs" / "benchmarks.json"
+    results = json.loads(path.read_text()) if path.exists() else {"machine": machine(broker), "runs": RUNS, "partitions": PARTITIONS}
+    results["tracing"] = tracing
+    out = WORK / "results.json"
+    out.write_text(json.dumps(results, indent=2))
+    shutil.copy(out, path)
+    subprocess.run([REL / "bench-report", "--input", out, "--docs", ROOT / "docs", "--font", FONT], check=True)
+    log(f"done: the tracing section of docs/benchmarks.md (raw results in docs/benchmarks.json, logs in {WORK})")
+
+
 def main():
     global WORK, CONNECTIONS, CONN_ACTIVE
     WORK = Path(tempfile.mkdtemp(prefix="fleetstream-bench-"))
@@ -683,9 +799,15 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--locked", "-p", "fleetstream-receiver", "-p", "fleetstream-processor",
                     "-p", "fleetstream-obu-sim", "-p", "fleetstream-tracker", "-p", "fleetstream-bench"], check=True, cwd=ROOT)
     COMMANDS.append("cargo build --release --locked -p fleetstream-receiver -p fleetstream-processor -p fleetstream-obu-sim -p fleetstream-tracker -p fleetstream-bench")
+    # The tracing stage's collector, built now (once per change, minutes the first time) so that a
+    # missing Go toolchain stops the suite before it starts, not at its end.
+    subprocess.run([ROOT / "scripts" / "go-tools", "otelcol"], check=True, stdout=subprocess.DEVNULL)
     broker = Broker(WORK / "kafka")
     try:
         broker.start()
+        if os.environ.get("BENCH_ONLY") == "tracing":
+            only_tracing(broker)
+            return
         if os.environ.get("BENCH_MODES") == "1":
             # Warm-up: the broker's JIT compiles the produce, fetch and transaction paths.
             stage_baseline(broker)
@@ -734,6 +856,7 @@ def main():
         results["tracker_ingest"] = {"count": N_TRACKER, "vehicles": 1000, "batch_size": TRACKER_BATCH,
                                      **{b: [x[b] for x in trk if b in x] for b in ("sqlite", "postgres")},
                                      "commands": TRACKER.get("commands", [])}
+        results["tracing"] = stage_tracing(broker, TRACING_RUNS)
         results["takeover"] = {"vehicles": N_TAKEOVER, "new_input": N_TAKEOVER_NEW, "exactly_once": EXACTLY_ONCE, "runs": take}
         ing_cpu = ingest[len(ingest) // 2]
         pr_cpu = procs_[len(procs_) // 2]

@@ -16,6 +16,10 @@ class BenchTest(unittest.TestCase):
         from ops import kafka_local
         self.assertEqual(bench.metric(kafka_local.free_port_pair(), "x_total"), 0.0)
 
+    def test_the_tracing_rounds_rotate_the_order(self):
+        self.assertEqual([bench.rotated(["off", "0", "0.01"], i) for i in range(4)],
+                         [["off", "0", "0.01"], ["0", "0.01", "off"], ["0.01", "off", "0"], ["off", "0", "0.01"]])
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -100,7 +100,8 @@ fn main() -> anyhow::Result<()> {
         r["processor"]["count"], r["processor"]["invalid_pct"], r["processor"]["duplicate_pct"], runs(&r["processor"]["per_s"]), status(ratio >= 0.8))?;
     md.push_str(&report::latency::target_rows(&r)?);
     writeln!(md, "| highest sustained offered rate end to end | {sustained:.0} positions/s | | — | — |\n")?;
-    writeln!(md, "The connections, tracker and take-over targets have sections of their own below.\n")?;
+    let others = if r["tracing"].is_null() { "The connections, tracker and take-over targets" } else { "The connections, tracker, take-over and tracing-cost targets" };
+    writeln!(md, "{others} have sections of their own below.\n")?;
     md.push_str(&report::latency::section(&r)?);
     writeln!(md, "## End to end, by offered rate\n")?;
     writeln!(md, "| offered/s | vehicles | acked/s | arrived in `positions` | p50 ms | p99 ms | max ms | kept up |\n|---|---|---|---|---|---|---|---|")?;
@@ -119,7 +120,7 @@ fn main() -> anyhow::Result<()> {
         }
         writeln!(md)?;
     }
-    for section in [report::connections::section(&r), report::tracker::section(&r), report::takeover::section(&r)] {
+    for section in [report::connections::section(&r), report::tracker::section(&r), report::takeover::section(&r), report::tracing::section(&r)] {
         md.push_str(&section);
     }
     if let Some(notes) = r["notes"].as_array() {

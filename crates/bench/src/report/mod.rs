@@ -5,6 +5,7 @@ pub mod connections;
 pub mod latency;
 pub mod takeover;
 pub mod tracker;
+pub mod tracing;
 
 use std::fmt::Write as _;
 
