@@ -4,7 +4,7 @@
 //! there), travels in the W3C `traceparent` header of each Kafka record written on its behalf
 //! ([`crate::publish::headers::TRACEPARENT`]), and the processor and tracker continue it as
 //! children of the span in that header. Only sampled positions carry the header: an unsampled
-//! one costs the receiver one sampling decision and nothing downstream.
+//! one costs the receiver one random number and nothing downstream.
 //!
 //! Spans are built from the times a service already notes (a batch's poll, its commit), so a
 //! batch-processing service adds no work to its hot path for unsampled records. The SDK's batch
@@ -59,6 +59,8 @@ pub struct Tracing {
 struct Inner {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
+    /// Share of the positions entering here that start a trace.
+    sample_ratio: f64,
 }
 
 impl std::fmt::Debug for Tracing {
@@ -94,24 +96,29 @@ impl Tracing {
             .build();
         let provider = SdkTracerProvider::builder()
             .with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(batch).build())
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(sample_ratio))))
+            // Roots are decided in `root` (before any span exists); spans with a parent follow it.
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
             .with_resource(resource)
             .build();
         let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "fleetstream");
         tracing::info!(endpoint = %url, service = %name, sample_ratio, "tracing on: spans of sampled positions go over OTLP/HTTP");
-        Ok(Tracing { inner: Some(Arc::new(Inner { provider, tracer })) })
+        Ok(Tracing { inner: Some(Arc::new(Inner { provider, tracer, sample_ratio })) })
     }
 
     pub fn is_on(&self) -> bool {
         self.inner.is_some()
     }
 
-    /// A new trace for a position entering the pipeline, started at `start`: None when
-    /// tracing is off or the position is not sampled.
-    pub fn root(&self, name: &'static str, start: SystemTime) -> Option<PositionSpan> {
+    /// A new trace for a position entering the pipeline, started at `start()`: None when
+    /// tracing is off or the position is not sampled. An unsampled position costs one random
+    /// number: no span, no clock reading, no trace id.
+    pub fn root(&self, name: &'static str, start: impl FnOnce() -> SystemTime) -> Option<PositionSpan> {
         let inner = self.inner.as_ref()?;
-        let span = inner.tracer.span_builder(name).with_kind(SpanKind::Producer).with_start_time(start).start(&inner.tracer);
-        span.span_context().is_sampled().then_some(PositionSpan(span))
+        if !(inner.sample_ratio > 0.0 && rand::random::<f64>() < inner.sample_ratio) {
+            return None;
+        }
+        let span = inner.tracer.span_builder(name).with_kind(SpanKind::Producer).with_start_time(start()).start(&inner.tracer);
+        Some(PositionSpan(span))
     }
 
     /// A span continuing the trace of a record's `traceparent` header, started at `start`:
@@ -238,9 +245,13 @@ mod tests {
     fn traceparent_round_trips_and_only_sampled_traces_continue() {
         // No exporter: spans are sampled and dropped at the end; parent-based, as in start().
         let provider = SdkTracerProvider::builder().with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn))).build();
+        let never = Tracing {
+            inner: Some(Arc::new(Inner { provider: provider.clone(), tracer: opentelemetry::trace::TracerProvider::tracer(&provider, "test"), sample_ratio: 0.0 })),
+        };
+        assert!(never.root("root", || unreachable!("no clock read for an unsampled position")).is_none());
         let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "test");
-        let tracing = Tracing { inner: Some(Arc::new(Inner { provider, tracer })) };
-        let root = tracing.root("root", SystemTime::now()).unwrap();
+        let tracing = Tracing { inner: Some(Arc::new(Inner { provider, tracer, sample_ratio: 1.0 })) };
+        let root = tracing.root("root", SystemTime::now).unwrap();
         let header = root.traceparent();
         assert!(header.starts_with("00-") && header.ends_with("-01"), "{header}");
         let child = tracing.child("child", Some(&header), SystemTime::now()).unwrap();
@@ -250,6 +261,6 @@ mod tests {
         assert!(tracing.child("child", Some(&unsampled), SystemTime::now()).is_none());
         assert!(tracing.child("child", Some("garbage"), SystemTime::now()).is_none());
         assert!(tracing.child("child", None, SystemTime::now()).is_none());
-        assert!(Tracing::off().root("root", SystemTime::now()).is_none());
+        assert!(Tracing::off().root("root", SystemTime::now).is_none());
     }
 }

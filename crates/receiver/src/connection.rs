@@ -94,8 +94,6 @@ struct Receipt {
     at: Instant,
     /// Unix ms: the record's timestamp and `received_at` header.
     ms: i64,
-    /// The wall clock, read only when tracing is on.
-    wall: Option<SystemTime>,
 }
 
 /// What the writer tells the reader when answers can no longer be written.
@@ -393,8 +391,6 @@ impl Connection {
         };
         let received = Instant::now();
         let received_ms = now_ms();
-        // The wall clock of the receipt, only for a span's start: tracing off reads no clock.
-        let wall = self.ingest.tracing.is_on().then(SystemTime::now);
         let admitted = match self.bucket.as_mut() {
             Some(bucket) => bucket.take(elements.len(), received),
             None => elements.len(),
@@ -432,13 +428,13 @@ impl Connection {
                 self.refuse(tx, Refusal::new(rejection).keeping(element.raw.as_bytes()).about(id).at(index)).await;
                 continue;
             }
-            self.publish(tx, wire_position, Receipt { at: received, ms: received_ms, wall }, index).await;
+            self.publish(tx, wire_position, Receipt { at: received, ms: received_ms }, index).await;
         }
     }
 
     /// Hands one position to Kafka and queues its delivery for the writer.
     async fn publish(&mut self, tx: &mut Answering, wire: WirePosition, receipt: Receipt, index: Option<usize>) {
-        let Receipt { at: received, ms: received_ms, wall } = receipt;
+        let Receipt { at: received, ms: received_ms } = receipt;
         let legacy = wire.legacy;
         let last = &mut self.last_legacy_seq;
         // Legacy devices send no seq: use the receive time in microseconds, strictly rising on
@@ -462,7 +458,11 @@ impl Connection {
             self.refuse(tx, Refusal::new(rejection).about(id).at(index)).await;
             return;
         };
-        let mut span = wall.and_then(|start| self.ingest.tracing.root("receive position", start)).map(Box::new);
+        // The span starts when the frame arrived; only a sampled position reads the clock.
+        let mut span = self.ingest.tracing.root("receive position", || {
+            let now = SystemTime::now();
+            now.checked_sub(received.elapsed()).unwrap_or(now)
+        }).map(Box::new);
         let traceparent = span.as_mut().map(|span| {
             span.attribute("fleetstream.obu_id", position.obu_id as i64);
             span.attribute("fleetstream.seq", position.seq as i64);
