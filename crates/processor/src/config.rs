@@ -121,6 +121,12 @@ pub struct Config {
     #[command(flatten)]
     pub producer: ProducerArgs,
 
+    /// Share of the positions that arrive without a trace (a receiver with tracing off, a
+    /// redrive) that start one here, 0 to 1, when tracing is on. Default 0: only the positions
+    /// the receiver traced are traced, whole.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", default_value = "0", value_parser = fleetstream_core::otel::parse_ratio)]
+    pub trace_sample_ratio: f64,
+
     #[command(flatten)]
     pub trace: TraceArgs,
 

@@ -80,8 +80,8 @@ impl Clients {
     /// which fences an earlier instance with the same id and aborts what it left open), the
     /// consumer (subscribed to the input) and the state reader.
     pub(crate) async fn connect(config: &Config, transactional_id: Option<&str>, metrics: &Metrics) -> anyhow::Result<Clients> {
-        // The receiver decides which positions are traced; here spans only follow that.
-        let tracing = Tracing::start(&config.trace, "fleetstream-processor", 0.0)?;
+        // Traces mostly start at the receiver; here only for positions that arrive without one.
+        let tracing = Tracing::start(&config.trace, "fleetstream-processor", config.trace_sample_ratio)?;
         let mut producer_config = config.kafka.producer_config(&config.producer);
         if let Some(id) = transactional_id {
             let timeout = config.transaction_timeout.as_millis();

@@ -1,7 +1,8 @@
 //! The processor's spans of traced positions: one per traced record of a batch, from the poll
 //! that fetched it to the commit that made its outputs visible (or the rewind that undid them).
 //!
-//! A record is traced when it carries a sampled `traceparent` (the receiver decided). The
+//! A record is traced when it carries a sampled `traceparent` (the receiver decided), or, when
+//! it has none, if `--trace-sample-ratio` picks it here (a root span). The
 //! spans are built from the batch's own clock readings, after the fact, so the records that are
 //! not traced cost one header lookup. The outputs written on a traced record's behalf
 //! (`positions`, the DLQ) carry the processor span's `traceparent` for the tracker to continue;
@@ -28,14 +29,18 @@ pub(crate) struct BatchSpans {
 }
 
 impl BatchSpans {
-    /// Starts the span of `record` if it is traced, with its verdict; returns the
-    /// `traceparent` its outputs carry.
+    /// Starts the span of `record` if it is traced (or, without a trace, if it is sampled
+    /// here: `--trace-sample-ratio`), with its verdict; returns the `traceparent` its outputs
+    /// carry.
     pub(crate) fn follow(&mut self, tracing: &Tracing, clock: Option<BatchClock>, record: &OwnedMessage, verdict: &str) -> Option<String> {
-        let incoming = headers::text(record.headers(), headers::TRACEPARENT)?;
+        let incoming = headers::text(record.headers(), headers::TRACEPARENT);
         let Some(clock) = clock else {
-            return Some(incoming.to_string());
+            return incoming.map(str::to_string);
         };
-        let mut span = tracing.child("process position", Some(incoming), clock.polled)?;
+        let mut span = match incoming {
+            Some(parent) => tracing.child("process position", Some(parent), clock.polled)?,
+            None => tracing.root("process position", || clock.polled)?,
+        };
         span.attribute("messaging.source.partition.id", record.partition().to_string());
         span.attribute("messaging.kafka.offset", record.offset());
         span.attribute("fleetstream.verdict", verdict.to_string());

@@ -200,8 +200,7 @@ impl Ingest {
                 self.metrics.consumed.inc();
                 let why = match m.payload().map(serde_json::from_slice::<ProcessedPosition>) {
                     Some(Ok(p)) if storable(&p) => {
-                        let traceparent = self.tracing.is_on().then(|| headers::text(m.headers(), headers::TRACEPARENT)).flatten();
-                        if let Some(mut span) = traceparent.and_then(|t| self.tracing.child("store position", Some(t), SystemTime::now())) {
+                        if let Some(mut span) = self.span_of(m) {
                             span.attribute("fleetstream.obu_id", p.obu_id as i64);
                             span.attribute("fleetstream.seq", p.seq as i64);
                             span.attribute("messaging.source.partition.id", partition.to_string());
@@ -232,6 +231,18 @@ impl Ingest {
                     }
                 }
             }
+        }
+    }
+
+    /// The span of a position record if it is traced, or sampled here without a trace
+    /// (`--trace-sample-ratio`); None when tracing is off.
+    fn span_of(&self, m: &BorrowedMessage<'_>) -> Option<PositionSpan> {
+        if !self.tracing.is_on() {
+            return None;
+        }
+        match headers::text(m.headers(), headers::TRACEPARENT) {
+            Some(parent) => self.tracing.child("store position", Some(parent), SystemTime::now()),
+            None => self.tracing.root("store position", SystemTime::now),
         }
     }
 

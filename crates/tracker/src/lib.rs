@@ -106,8 +106,8 @@ impl Application {
             geofences = %config.geofences_topic,
             "tracker started"
         );
-        // The receiver decides which positions are traced; here spans only follow that.
-        let tracing = Tracing::start(&config.trace, "fleetstream-tracker", 0.0)?;
+        // Traces mostly start at the receiver; here only for positions that arrive without one.
+        let tracing = Tracing::start(&config.trace, "fleetstream-tracker", config.trace_sample_ratio)?;
         Ok(Application {
             tracing,
             config: Arc::new(config),

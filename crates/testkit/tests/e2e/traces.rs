@@ -131,3 +131,40 @@ async fn a_sampled_position_is_one_trace_through_receiver_processor_and_tracker(
         service.shutdown().await.expect("a clean stop");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_that_arrives_untraced_can_start_its_trace_at_the_processor() {
+    let collector = tokio::task::spawn_blocking(Collector::start).await.expect("no panic").unwrap_or_else(|e| panic!("{e:#}"));
+    let endpoint = format!("--otlp-endpoint={}", collector.endpoint());
+    let broker = Broker::shared();
+    let topics = broker.topics(2).await.unwrap_or_else(|e| panic!("{e:#}"));
+
+    // The receiver does not trace; the processor samples every position that has no trace.
+    let (mut receiver, port, _) = crate::receiver(&broker, &topics, &["--kafka-linger-ms=1"]).await;
+    let (mut processor, _) = crate::processor(&broker, &topics, &unique("traces-root"), &["--kafka-linger-ms=1", &endpoint, "--trace-sample-ratio=1"]).await;
+    let token = unique("traces-viewer");
+    let (mut tracker, _) = crate::tracker(&broker, &topics, &unique("traces-root-tracker"), &token, "viewer", std::slice::from_ref(&endpoint)).await;
+
+    let answers = send(port, &[position(81, 1, None), position(81, 2, None)]).await;
+    assert!(answers.iter().all(|a| a["type"] == "ack"), "all acked: {answers:?}");
+    let complete = |spans: &[Span]| spans.iter().filter(|s| s.service == "fleetstream-tracker").count() >= 2;
+    let spans = collector.wait_for(complete, Duration::from_secs(60)).await.unwrap_or_else(|e| panic!("{e:#}\ncollector log:\n{}", collector.log()));
+    assert_eq!(spans.len(), 4, "a processor and a tracker span per position, nothing from the receiver: {spans:#?}");
+    let raw = broker.read(&topics.raw, 2, Duration::from_secs(1), Duration::from_secs(30)).expect("gpscoords readable");
+    assert!(raw.iter().all(|r| r.header("traceparent").is_none()), "the receiver wrote no trace header");
+    let positions = broker.read(&topics.positions, 2, Duration::from_secs(1), Duration::from_secs(30)).expect("positions readable");
+    for processed in spans.iter().filter(|s| s.service == "fleetstream-processor") {
+        assert!(processed.parent_span_id.is_empty(), "the processor's span is the root: {processed:#?}");
+        assert_eq!(event_names(processed), ["judged", "written", "committed"]);
+        let stored = spans.iter().find(|s| s.trace_id == processed.trace_id && s.service == "fleetstream-tracker").expect("the tracker's span");
+        assert_eq!(stored.parent_span_id, processed.span_id);
+        let offset = &processed.attributes["messaging.kafka.offset"];
+        let partition = &processed.attributes["messaging.source.partition.id"];
+        let output = positions.iter().find(|r| r.header("fleetstream.src.offset") == Some(offset) && r.partition.to_string() == *partition);
+        assert_eq!(output.and_then(|r| r.header("traceparent")), Some(traceparent(processed).as_str()));
+    }
+
+    for service in [&mut receiver, &mut processor, &mut tracker] {
+        service.shutdown().await.expect("a clean stop");
+    }
+}
