@@ -7,9 +7,10 @@ Environment: BENCH_RUNS (3), BENCH_QUICK=1 (smaller counts, for a smoke run), BE
 JSON file with a list of extra notes for the report), BENCH_EXACTLY_ONCE (the processor's
 --exactly-once mode, transactions), BENCH_MODES=1 (instead of the suite: both exactly-once modes
 compared, a Markdown table on stdout; docs/processing.md quotes it). BENCH_TRACING_RUNS (max(BENCH_RUNS, 5))
-rounds of the tracing-cost stage. BENCH_ONLY=tracing (for development): after a short warm-up, only
-the tracing-cost stage; its results replace results["tracing"] in the existing docs/benchmarks.json,
-every other figure is kept, and docs/benchmarks.md is regenerated from it. The services inherit
+rounds of the tracing-cost stage. BENCH_ONLY=tracing or BENCH_ONLY=spans (for development): after a
+short warm-up, only the tracing-cost stage or the per-position span breakdown; its results replace
+that section of the existing docs/benchmarks.json, every other figure is kept, and
+docs/benchmarks.md is regenerated from it. The services inherit
 the environment, but every setting that matters is passed as a flag.
 """
 import datetime
@@ -153,12 +154,12 @@ def receiver(broker, t, port, extra=()):
 EXACTLY_ONCE = os.environ.get("BENCH_EXACTLY_ONCE", "transactions")
 
 
-def processor(broker, t, port, group=None, log_level="warn", name="processor", ready=True):
+def processor(broker, t, port, group=None, log_level="warn", name="processor", ready=True, extra=()):
     p = start(name, [REL / "processor", "--listen", f"127.0.0.1:{port}", "--kafka-brokers", broker.brokers,
                             "--group-id", group or f"bench-{port}", "--input-topic", t["gpscoords"],
                             "--positions-topic", t["positions"], "--latest-topic", t["vehicle-latest"],
                             "--dlq-topic", t["gpscoords-dlq"], "--events-topic", t["events"],
-                            "--geofences-topic", t["geofences"], "--exactly-once", EXACTLY_ONCE, "--log-level", log_level])
+                            "--geofences-topic", t["geofences"], "--exactly-once", EXACTLY_ONCE, "--log-level", log_level, *extra])
     if ready:
         wait_ready(port)
     return p
@@ -375,6 +376,50 @@ def stage_e2e(broker, rate):
     return {"acked_per_s": acked_per_s, "arrived": p["records"], "p50": lat["p50"], "p99": lat["p99"],
             "max": lat["max"], "sustained": sustained, "vehicles": vehicles, "mean_ms": lat.get("mean", 0.0),
             "breakdown": breakdown, "cpu_per_1k": cpu}
+
+
+SPAN_RATES = [(1_000, "0.25"), (10_000, "0.025")]  # (positions/s, the receiver's --trace-sample-ratio): ~5,000 traces each
+
+
+def stage_spans(broker, collector, rate, ratio):
+    """Where a position's time goes: stage_e2e's load with tracing on in the receiver (sampling
+    `ratio` of the positions) and the processor (following the receiver's decision), into
+    `collector`; span-times splits each trace's receipt -> committed into its steps."""
+    t = broker.topics()
+    rport, pport = free_port(), free_port()
+    otlp = ["--otlp-endpoint", collector.endpoint]
+    rec = receiver(broker, t, rport, [*otlp, "--trace-sample-ratio", ratio])
+    proc = processor(broker, t, pport, extra=otlp)
+    deadline = time.time() + 30
+    while metric(pport, "fleetstream_processor_assigned_partitions") < PARTITIONS and time.time() < deadline:
+        time.sleep(0.1)
+    sim(["--url", f"ws://127.0.0.1:{rport}/ws", "--mode", "load", "--rate", "1000", "--count", "500",
+         "--vehicles", "100", "--connections", "8", "--batch", "10", "--first-obu-id", "900000000"])
+    time.sleep(1)
+    since_ms = time.time() * 1000
+    vehicles = min(max(rate // 10, 1000), 10_000)
+    s = sim(["--url", f"ws://127.0.0.1:{rport}/ws", "--mode", "load", "--rate", rate, "--duration", f"{2 * E2E_SECONDS}s",
+             "--vehicles", vehicles, "--connections", "8", "--batch", "10", "--max-in-flight", "5000"])
+    time.sleep(2)  # the last batches commit
+    stop(proc)
+    stop(rec)
+    collector.settled()
+    r = json.loads(run([REL / "span-times", "--spans", collector.spans, "--since-ms", f"{since_ms:.0f}"]))
+    total = r["segments"][-1]
+    log(f"spans {rate}/s: {r['traces']} traces, received -> committed p50 {total['p50']:.1f} p99 {total['p99']:.1f} ms, "
+        f"{r['slow']} over {r['slow_ms']:.0f} ms")
+    return {"rate": rate, "ratio": float(ratio), "acked": s["acked"], "seconds": 2 * E2E_SECONDS, **r}
+
+
+def spans_section(broker):
+    """stage_spans at each of SPAN_RATES, one collector for all."""
+    n0 = len(COMMANDS)
+    collector = Collector(WORK / "otelcol-spans")
+    try:
+        rates = [stage_spans(broker, collector, rate, ratio) for rate, ratio in SPAN_RATES]
+    finally:
+        stop(collector.proc)
+    return {"date": time.strftime("%Y-%m-%d"), "rates": rates, "commands": commands_since(n0)}
 
 
 def sysctl(name):
@@ -711,8 +756,13 @@ def missed_latency_note(rate, b, p99, floor2_p99):
             f"{st['produce']:.1f} ms (overlapping the offsets' {st['offsets']:.1f} ms), commit {st['commit']:.1f} ms: about "
             f"{cycle:.0f} ms for {b['processor_batch_records']:.0f} records. A position arriving during a batch waits for that "
             "batch to commit, then for its own, so the processor's hop costs up to two cycles where the copy loop's costs a "
-            "fetch and a linger. One producer has one open transaction at a time; overlapping batch N+1's writes with batch N's "
-            "commit needs a second transactional producer per instance (not done).")
+            "fetch and a linger. The produce step is the longest (per position in the spans section): librdkafka 2.12 sends one "
+            "ProduceRequest per partition, with idempotence at most 5 in flight per broker connection, and a batch writes 12 "
+            "partitions or more (6 of `positions`, 6 of `vehicle-latest`, the DLQ's and `events`' when it has some), so on one "
+            "broker it takes three or more round trips, the first write to each partition in a transaction checked by the broker "
+            "with the transaction coordinator (Kafka's default transaction.partition.verification.enable). One producer has one "
+            "open transaction at a time; overlapping batch N+1's writes with batch N's commit needs a second transactional "
+            "producer per instance (not done).")
 
 
 def machine(broker):
@@ -751,26 +801,30 @@ def compare_modes(broker):
               f"| {lat[1_000][0]:.0f} / {lat[1_000][1]:.0f} | {lat[10_000][0]:.0f} / {lat[10_000][1]:.0f} |")
 
 
-def only_tracing(broker):
-    """BENCH_ONLY=tracing: the tracing-cost stage alone, merged into docs/benchmarks.json (every
-    other figure kept), and docs/benchmarks.md regenerated from it."""
+def only(broker, name):
+    """BENCH_ONLY=tracing|spans: that section alone (after a warm-up of the paths it uses), merged
+    into docs/benchmarks.json (every other figure kept), and docs/benchmarks.md regenerated."""
     log("warm-up")
     stage_baseline(broker)
     stage_ingest(broker)
-    stage_ingest(broker)
+    if name == "spans":
+        stage_processor(broker)
+        stage_e2e(broker, RATES[-1])
+    else:
+        stage_ingest(broker)
     load = Path("/proc/loadavg").read_text().split()[:3]
-    tracing = stage_tracing(broker, TRACING_RUNS)
-    tracing["note"] = (f"Measured on {tracing['date']} by `BENCH_ONLY=tracing scripts/bench` (this stage alone, after a warm-up "
+    section = stage_tracing(broker, TRACING_RUNS) if name == "tracing" else spans_section(broker)
+    section["note"] = (f"Measured on {section['date']} by `BENCH_ONLY={name} scripts/bench` (this stage alone, after a warm-up "
                        f"on a broker of its own; load average {' / '.join(load)} before it), not in the same run as the "
-                       "sections above; its ratios compare runs of this stage only.")
+                       "sections above.")
     path = ROOT / "docs" / "benchmarks.json"
     results = json.loads(path.read_text()) if path.exists() else {"machine": machine(broker), "runs": RUNS, "partitions": PARTITIONS}
-    results["tracing"] = tracing
+    results[name] = section
     out = WORK / "results.json"
     out.write_text(json.dumps(results, indent=2))
     shutil.copy(out, path)
     subprocess.run([REL / "bench-report", "--input", out, "--docs", ROOT / "docs", "--font", FONT], check=True)
-    log(f"done: the tracing section of docs/benchmarks.md (raw results in docs/benchmarks.json, logs in {WORK})")
+    log(f"done: the {name} section of docs/benchmarks.md (raw results in docs/benchmarks.json, logs in {WORK})")
 
 
 def main():
@@ -805,8 +859,8 @@ def main():
     broker = Broker(WORK / "kafka")
     try:
         broker.start()
-        if os.environ.get("BENCH_ONLY") == "tracing":
-            only_tracing(broker)
+        if os.environ.get("BENCH_ONLY") in ("tracing", "spans"):
+            only(broker, os.environ["BENCH_ONLY"])
             return
         if os.environ.get("BENCH_MODES") == "1":
             # Warm-up: the broker's JIT compiles the produce, fetch and transaction paths.
@@ -857,6 +911,7 @@ def main():
                                      **{b: [x[b] for x in trk if b in x] for b in ("sqlite", "postgres")},
                                      "commands": TRACKER.get("commands", [])}
         results["tracing"] = stage_tracing(broker, TRACING_RUNS)
+        results["spans"] = spans_section(broker)
         results["takeover"] = {"vehicles": N_TAKEOVER, "new_input": N_TAKEOVER_NEW, "exactly_once": EXACTLY_ONCE, "runs": take}
         ing_cpu = ingest[len(ingest) // 2]
         pr_cpu = procs_[len(procs_) // 2]

@@ -1,6 +1,7 @@
 //! Benchmark tools for `make bench` (scripts/bench drives them; docs/benchmarks.md is their
 //! output). Not part of the product: nothing here is used by a service.
 
+pub mod otlp;
 pub mod report;
 
 use std::sync::atomic::{AtomicU64, Ordering};

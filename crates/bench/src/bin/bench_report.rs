@@ -103,6 +103,7 @@ fn main() -> anyhow::Result<()> {
     let others = if r["tracing"].is_null() { "The connections, tracker and take-over targets" } else { "The connections, tracker, take-over and tracing-cost targets" };
     writeln!(md, "{others} have sections of their own below.\n")?;
     md.push_str(&report::latency::section(&r)?);
+    md.push_str(&report::spans::section(&r));
     writeln!(md, "## End to end, by offered rate\n")?;
     writeln!(md, "| offered/s | vehicles | acked/s | arrived in `positions` | p50 ms | p99 ms | max ms | kept up |\n|---|---|---|---|---|---|---|---|")?;
     for s in &e2e {

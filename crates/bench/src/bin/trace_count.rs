@@ -15,8 +15,7 @@ use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use serde_json::Value;
-
+use fleetstream_bench::otlp::read_spans;
 use fleetstream_core::publish::headers;
 
 #[derive(Debug, Parser)]
@@ -44,12 +43,12 @@ fn main() -> anyhow::Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let spans = spans(&text)?;
-        let by_name = spans.iter().fold(BTreeMap::<&str, u64>::new(), |mut m, (name, _)| {
-            *m.entry(name.as_str()).or_default() += 1;
+        let spans = read_spans(&text)?;
+        let by_name = spans.iter().fold(BTreeMap::<&str, u64>::new(), |mut m, s| {
+            *m.entry(s.name.as_str()).or_default() += 1;
             m
         });
-        let known: HashSet<&str> = spans.iter().map(|(_, id)| id.as_str()).collect();
+        let known: HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
         out["spans"] = spans.len().into();
         out["spans_by_name"] = serde_json::to_value(by_name)?;
         out["headers_with_span"] = span_ids.iter().filter(|id| known.contains(id.as_str())).count().into();
@@ -94,38 +93,4 @@ fn read_topic(args: &Args) -> anyhow::Result<(u64, Vec<String>)> {
         }
     }
     Ok((records, span_ids))
-}
-
-/// (name, span id) of every span in the file exporter's lines; a last line without its newline
-/// is still being written and is left out.
-fn spans(text: &str) -> anyhow::Result<Vec<(String, String)>> {
-    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-    let mut out = Vec::new();
-    for (n, line) in complete.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let request: Value = serde_json::from_str(line).with_context(|| format!("line {} of the spans file is not JSON", n + 1))?;
-        let each = |v: &Value| v.as_array().cloned().unwrap_or_default();
-        for resource in each(&request["resourceSpans"]) {
-            for scope in each(&resource["scopeSpans"]) {
-                for span in each(&scope["spans"]) {
-                    let text = |k: &str| span[k].as_str().unwrap_or_default().to_string();
-                    out.push((text("name"), text("spanId")));
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_the_spans_of_complete_lines() {
-        let line = r#"{"resourceSpans":[{"resource":{},"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"receive position"},{"spanId":"eee19b7ec3c1b175","name":"receive position"}]}]}]}"#;
-        let found = spans(&format!("{line}\n\n{line}\n{{\"resourceSpans\":[")).expect("parses");
-        assert_eq!(found.len(), 4);
-        assert_eq!(found[1], ("receive position".to_string(), "eee19b7ec3c1b175".to_string()));
-        assert!(spans("").expect("empty").is_empty());
-    }
 }

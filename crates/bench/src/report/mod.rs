@@ -3,6 +3,7 @@
 
 pub mod connections;
 pub mod latency;
+pub mod spans;
 pub mod takeover;
 pub mod tracker;
 pub mod tracing;
