@@ -21,7 +21,10 @@ pub struct Metrics {
     pub batch_seconds: Histogram,
     pub batch_records: Histogram,
     pub batch_step_seconds: HistogramVec,
-    pub end_to_end: HistogramVec,
+    /// fleetstream_processor_end_to_end_seconds{from="device"} and {from="receiver"}, looked
+    /// up once: they are observed for every valid position.
+    pub end_to_end_device: Histogram,
+    pub end_to_end_receiver: Histogram,
     pub lag: IntGaugeVec,
     pub rebalances: IntCounterVec,
     pub assigned: IntGauge,
@@ -63,6 +66,7 @@ impl Metrics {
 
     fn unlabelled() -> Self {
         let r = Registry::new();
+        let end_to_end = t::histogram_vec(&r, "fleetstream_processor_end_to_end_seconds", "Latency of valid positions up to processing, from the device timestamp or from receipt.", &["from"], LATENCY_BUCKETS);
         Metrics {
             consumed: t::counter(&r, "fleetstream_processor_records_consumed_total", "Records read from the input topic."),
             valid: t::counter(&r, "fleetstream_processor_positions_valid_total", "Valid positions written to the positions topic."),
@@ -76,7 +80,8 @@ impl Metrics {
             batch_seconds: t::histogram(&r, "fleetstream_processor_batch_seconds", "Time to validate, write and commit one batch.", LATENCY_BUCKETS),
             batch_step_seconds: t::histogram_vec(&r, "fleetstream_processor_batch_step_seconds", "Time a batch spends in each step: poll (waiting for and fetching records), decide (validation, state, events), produce (records handed over until all acknowledged; in a transaction this overlaps offsets), offsets (sent to the transaction), commit.", &["step"], LATENCY_BUCKETS),
             batch_records: t::histogram(&r, "fleetstream_processor_batch_records", "Records per batch.", &[1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0]),
-            end_to_end: t::histogram_vec(&r, "fleetstream_processor_end_to_end_seconds", "Latency of valid positions up to processing, from the device timestamp or from receipt.", &["from"], LATENCY_BUCKETS),
+            end_to_end_device: end_to_end.with_label_values(&["device"]),
+            end_to_end_receiver: end_to_end.with_label_values(&["receiver"]),
             lag: t::gauge_vec(&r, "fleetstream_processor_consumer_lag", "Records in the input partition not yet processed (high watermark minus position).", &["partition"]),
             rebalances: t::counter_vec(&r, "fleetstream_processor_rebalances_total", "Partition assignments and revocations.", &["kind"]),
             assigned: t::gauge(&r, "fleetstream_processor_assigned_partitions", "Input partitions assigned to this processor."),

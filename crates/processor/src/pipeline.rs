@@ -965,9 +965,9 @@ impl Pipeline {
     }
 
     fn observe_latency(&self, pos: &ProcessedPosition, now: i64) {
-        self.metrics.end_to_end.with_label_values(&["device"]).observe((now - pos.ts).max(0) as f64 / 1000.0);
+        self.metrics.end_to_end_device.observe((now - pos.ts).max(0) as f64 / 1000.0);
         if let Some(received) = pos.received_at {
-            self.metrics.end_to_end.with_label_values(&["receiver"]).observe((now - received).max(0) as f64 / 1000.0);
+            self.metrics.end_to_end_receiver.observe((now - received).max(0) as f64 / 1000.0);
         }
         if pos.out_of_order {
             self.metrics.out_of_order.inc();
